@@ -1,0 +1,48 @@
+//! The wire contract of the contact-centre services, compiled from `proto/`, and the hand-written
+//! helpers that both services share so that nothing is written twice:
+//!
+//! - [`common`], [`events`], [`interaction`], [`session`]: the generated messages and services.
+//! - [`error`]: the contract's `reason` strings and their mapping to a gRPC status with `ErrorInfo`.
+//! - [`auth`]: token claims, minting and verification (HS256, audience `ixn`, key rotation by `kid`).
+//! - [`party`]: constructors and comparisons for `Party`.
+//! - [`event`]: what kind an event body is, whom it concerns, and the envelope's conventions.
+
+#![forbid(unsafe_code)]
+
+/// The generated code, nested as the packages are so that cross-package references resolve.
+pub mod ixn {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("ixn.common.v1");
+        }
+    }
+    pub mod events {
+        pub mod v1 {
+            tonic::include_proto!("ixn.events.v1");
+        }
+    }
+    pub mod interaction {
+        pub mod v1 {
+            tonic::include_proto!("ixn.interaction.v1");
+        }
+    }
+    pub mod session {
+        pub mod v1 {
+            tonic::include_proto!("ixn.session.v1");
+        }
+    }
+}
+
+pub use ixn::common::v1 as common;
+pub use ixn::events::v1 as events;
+pub use ixn::interaction::v1 as interaction;
+pub use ixn::session::v1 as session;
+
+/// The encoded `FileDescriptorSet` of the whole contract, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ixn_descriptor.bin"));
+
+pub mod auth;
+pub mod error;
+pub mod event;
+pub mod party;
