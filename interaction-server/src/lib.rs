@@ -16,6 +16,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod engine;
+pub mod error;
 pub mod limits;
+pub mod log;
+pub mod server;
+pub mod store;

@@ -254,3 +254,228 @@ mod tests {
         assert_eq!(verifier.verify("garbage", 1), Err(TokenError::Invalid));
     }
 }
+
+/// The metadata key a `*`-tenant service names the tenant it acts in with.
+pub const TENANT_HEADER: &str = "ixn-tenant";
+
+/// A verified caller, as the interceptor leaves it in the request's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub claims: Claims,
+    /// The tenant the call acts in; `None` for a `*` service that named none (it sees all tenants).
+    pub tenant: Option<String>,
+}
+
+impl Identity {
+    pub fn role(&self) -> Role {
+        self.claims.role
+    }
+
+    /// Refuses with `ROLE_DENIED` unless the role is one of `allowed`.
+    pub fn require(&self, allowed: &[Role]) -> Result<(), crate::error::Failure> {
+        if allowed.contains(&self.claims.role) {
+            Ok(())
+        } else {
+            Err(crate::error::Failure::new(
+                crate::error::Reason::RoleDenied,
+                format!(
+                    "role {} may not call this method",
+                    self.claims.role.as_str()
+                ),
+            )
+            .with_meta("role", self.claims.role.as_str()))
+        }
+    }
+
+    /// The tenant, which every call but a `*` service's Subscribe must have.
+    pub fn tenant(&self) -> Result<&str, crate::error::Failure> {
+        self.tenant.as_deref().ok_or_else(|| {
+            crate::error::Failure::invalid_argument(
+                TENANT_HEADER,
+                "a service acting for every tenant must name one for this call",
+            )
+        })
+    }
+}
+
+/// A tonic interceptor that verifies `authorization: Bearer <JWT>` and leaves the [`Identity`] in
+/// the request's extensions. Health and reflection are not behind it (probes carry no token).
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: std::sync::Arc<Verifier>,
+    /// Seconds since the epoch, from the service's (injectable) clock.
+    now: std::sync::Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(verifier: Verifier, now: impl Fn() -> i64 + Send + Sync + 'static) -> Authenticator {
+        Authenticator {
+            verifier: std::sync::Arc::new(verifier),
+            now: std::sync::Arc::new(now),
+        }
+    }
+
+    /// Verifies the call's token.
+    pub fn check(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Identity, crate::error::Failure> {
+        use crate::error::{Failure, Reason};
+        let invalid = |why: &str| Failure::new(Reason::TokenInvalid, why);
+        let header = metadata
+            .get("authorization")
+            .ok_or_else(|| invalid("the authorization metadata is missing"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| invalid("authorization must be `Bearer <token>`"))?;
+        let claims = self
+            .verifier
+            .verify(token.trim(), (self.now)())
+            .map_err(|e| match e {
+                TokenError::Invalid => invalid("the token is not valid"),
+                TokenError::Expired => Failure::new(
+                    Reason::TokenExpired,
+                    "the token has expired or is not valid yet",
+                ),
+            })?;
+        let tenant = if claims.tenant == ANY_TENANT {
+            match metadata.get(TENANT_HEADER).map(|v| v.to_str()) {
+                Some(Ok(t)) if !t.is_empty() && t != ANY_TENANT => Some(t.to_owned()),
+                Some(_) => {
+                    return Err(Failure::invalid_argument(
+                        TENANT_HEADER,
+                        "is not a tenant name",
+                    ));
+                }
+                None => None,
+            }
+        } else {
+            Some(claims.tenant.clone())
+        };
+        Ok(Identity { claims, tenant })
+    }
+
+    /// The seconds-since-epoch clock this authenticator checks expiry with.
+    pub fn now(&self) -> i64 {
+        (self.now)()
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let identity = self.check(request.metadata())?;
+        request.extensions_mut().insert(identity);
+        Ok(request)
+    }
+}
+
+/// The identity the interceptor verified.
+pub fn identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| {
+            crate::error::Failure::new(
+                crate::error::Reason::TokenInvalid,
+                "the call carries no verified token",
+            )
+            .into_status()
+        })
+}
+
+/// The environment variable holding the signing secret.
+pub const SECRET_ENV: &str = "IXN_JWT_SECRET";
+/// The file a secret is generated into, in the data directory, when none is configured.
+pub const GENERATED_SECRET_FILE: &str = "jwt-secret";
+
+/// Where the signing secret came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    Environment,
+    File(std::path::PathBuf),
+    /// Generated on first start into this file.
+    Generated(std::path::PathBuf),
+}
+
+/// Finds the signing secret: the environment value if set, else the named file, else the file in the
+/// data directory, generated on first start. Several secrets (a rotation) are written one per line as
+/// `kid=secret`; the first one signs.
+pub fn resolve_secrets(
+    environment: Option<String>,
+    file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> std::io::Result<(Vec<Secret>, SecretSource)> {
+    if let Some(value) = environment.filter(|v| !v.trim().is_empty()) {
+        return Ok((parse_secrets(&value)?, SecretSource::Environment));
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)?;
+        return Ok((parse_secrets(&text)?, SecretSource::File(file.to_owned())));
+    }
+    let path = data_dir.join(GENERATED_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((parse_secrets(&text)?, SecretSource::File(path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            write_private(&path, &secret)?;
+            Ok((parse_secrets(&secret)?, SecretSource::Generated(path)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// Parses `secret`, or lines of `kid=secret`.
+pub fn parse_secrets(text: &str) -> std::io::Result<Vec<Secret>> {
+    let secrets: Vec<Secret> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| match line.split_once('=') {
+            Some((kid, secret)) if !kid.is_empty() && !kid.contains(char::is_whitespace) => {
+                Secret {
+                    kid: Some(kid.to_owned()),
+                    bytes: secret.as_bytes().to_vec(),
+                }
+            }
+            _ => Secret {
+                kid: None,
+                bytes: line.as_bytes().to_vec(),
+            },
+        })
+        .collect();
+    if secrets.is_empty() || secrets.iter().any(|s| s.bytes.len() < 16) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a signing secret must be at least 16 bytes",
+        ));
+    }
+    Ok(secrets)
+}

@@ -104,8 +104,8 @@ impl Failure {
         failure
     }
 
-    pub fn with_meta(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.to_owned(), value.into());
+    pub fn with_meta(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_string());
         self
     }
 

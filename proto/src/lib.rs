@@ -6,6 +6,7 @@
 //! - [`auth`]: token claims, minting and verification (HS256, audience `ixn`, key rotation by `kid`).
 //! - [`party`]: constructors and comparisons for `Party`.
 //! - [`event`]: what kind an event body is, whom it concerns, and the envelope's conventions.
+//! - [`validate`]: argument checks (ids, names, reasons) and request fingerprints.
 
 #![forbid(unsafe_code)]
 
@@ -46,3 +47,4 @@ pub mod auth;
 pub mod error;
 pub mod event;
 pub mod party;
+pub mod validate;

@@ -91,7 +91,7 @@ impl Interaction {
     }
 
     /// The agents that hold it: its agent owner and its invitee.
-    fn holders(&self) -> impl Iterator<Item = &str> {
+    pub fn holders(&self) -> impl Iterator<Item = &str> {
         let owner = self.owner.as_ref().and_then(Party::agent_id);
         let invitee = self.invite.as_ref().map(|i| i.agent.agent_id.as_str());
         owner.into_iter().chain(invitee)
@@ -572,5 +572,46 @@ fn end_invite(i: &mut Interaction) {
     i.invite = None;
     if i.phase == Phase::Invited {
         i.phase = Phase::Routing;
+    }
+}
+
+impl Agent {
+    /// Reads back an agent the store kept with [`Agent::to_proto`]. What it holds is not read back:
+    /// the interactions loaded after it say that.
+    pub fn from_proto(p: &pb::Agent) -> Agent {
+        Agent {
+            tenant: p.tenant.clone(),
+            agent_id: p.agent_id.clone(),
+            place_id: p.place_id.clone(),
+            logged_in: p.logged_in,
+            media: p
+                .media
+                .iter()
+                .map(|m| {
+                    let media = Media {
+                        ready: m.state() == AgentState::Ready,
+                        reason: m.reason.clone(),
+                    };
+                    (m.media_type.clone(), media)
+                })
+                .collect(),
+            holding: BTreeMap::new(),
+            version: p.version,
+        }
+    }
+}
+
+/// A short key naming a party in the store's columns: `a:<agent>`, `r:<router>`, `m:<server>`.
+pub fn party_key(party: &Party) -> String {
+    use ixn_proto::common::party::Kind;
+    match &party.kind {
+        Some(Kind::Agent(a)) => format!("a:{}", a.agent_id),
+        Some(Kind::Router(r)) => format!("r:{}", r.router_id),
+        Some(Kind::MediaServer(m)) => format!("m:{}", m.server_id),
+        Some(Kind::Admin(a)) => format!("admin:{}", a.subject),
+        Some(Kind::System(s)) => format!("system:{}", s.what),
+        Some(Kind::Service(s)) => format!("service:{}", s.subject),
+        Some(Kind::Reporter(r)) => format!("reporter:{}", r.subject),
+        None => String::new(),
     }
 }

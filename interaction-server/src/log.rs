@@ -1,0 +1,134 @@
+//! The committed events as subscribers read them: a ring of the most recent ones in memory, shared
+//! by every live subscriber (each event is built once), and the store for a subscriber that is behind
+//! the ring. The head sequence is a watch, so a caught-up subscriber waits without polling.
+
+use crate::store::{Readers, StoreError};
+use ixn_proto::auth::Role;
+use ixn_proto::events::{Event, EventFilter};
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// One committed event and what deciding who may see it takes, without decoding its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub sequence: u64,
+    pub tenant: String,
+    pub kind: &'static str,
+    pub interaction_id: Option<String>,
+    pub reporting: bool,
+    /// Party keys (`a:<agent>`, `r:<router>`…) of the parties it is addressed to.
+    pub recipients: Vec<String>,
+    /// Party key of the submitter of the interaction it concerns.
+    pub submitter: Option<String>,
+    pub event: Event,
+}
+
+/// How many recent events stay in memory for live subscribers.
+pub const RING_CAPACITY: usize = 16_384;
+
+#[derive(Debug)]
+pub struct Log {
+    ring: RwLock<VecDeque<Arc<LogEntry>>>,
+    head: watch::Sender<u64>,
+    readers: Readers,
+}
+
+impl Log {
+    pub fn new(head: u64, readers: Readers) -> Log {
+        Log {
+            ring: RwLock::new(VecDeque::with_capacity(RING_CAPACITY)),
+            head: watch::Sender::new(head),
+            readers,
+        }
+    }
+
+    /// The sequence of the last committed event.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Makes committed events visible, in sequence order.
+    pub fn publish(&self, entries: Vec<Arc<LogEntry>>) {
+        let Some(last) = entries.last().map(|e| e.sequence) else {
+            return;
+        };
+        {
+            let mut ring = self.ring.write().expect("log ring");
+            for entry in entries {
+                if ring.len() == RING_CAPACITY {
+                    ring.pop_front();
+                }
+                ring.push_back(entry);
+            }
+        }
+        self.head.send_replace(last);
+    }
+
+    /// Forgets the ring (after a failed commit the engine reloads; the store is the truth).
+    pub fn reset(&self, head: u64) {
+        self.ring.write().expect("log ring").clear();
+        self.head.send_replace(head);
+    }
+
+    /// Up to `max` events after `after`, from memory when the ring still has them.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+        if let Some(entries) = self.ring_after(after, max) {
+            return Ok(entries);
+        }
+        self.readers.run(move |r| r.events_after(after, max)).await
+    }
+
+    fn ring_after(&self, after: u64, max: usize) -> Option<Vec<Arc<LogEntry>>> {
+        let ring = self.ring.read().expect("log ring");
+        let first = ring.front()?.sequence;
+        if after + 1 < first {
+            return None;
+        }
+        let skip = (after + 1 - first) as usize;
+        Some(ring.iter().skip(skip).take(max).cloned().collect())
+    }
+}
+
+/// Who is reading, as far as what they may see goes.
+#[derive(Clone, Debug)]
+pub struct Viewer {
+    /// `None`: every tenant (role `service` with the `*` tenant).
+    pub tenant: Option<String>,
+    pub role: Role,
+    /// The viewer's party key: `a:<agent>`, `r:<router>`, `m:<server>`.
+    pub key: String,
+}
+
+impl Viewer {
+    /// The contract's Subscribe column of the authorization table.
+    pub fn may_see(&self, e: &LogEntry) -> bool {
+        if self.tenant.as_ref().is_some_and(|t| *t != e.tenant) {
+            return false;
+        }
+        match self.role {
+            Role::Service | Role::Admin => true,
+            Role::Reporter => e.reporting,
+            Role::Router => e.reporting || e.recipients.contains(&self.key),
+            Role::Agent => e.recipients.contains(&self.key),
+            Role::MediaServer => e.reporting && e.submitter.as_ref() == Some(&self.key),
+        }
+    }
+}
+
+/// Whether an entry passes the subscriber's own filter.
+pub fn passes(filter: &EventFilter, e: &LogEntry) -> bool {
+    (filter.kinds.is_empty() || filter.kinds.iter().any(|k| k == e.kind))
+        && (filter.interaction_ids.is_empty()
+            || e.interaction_id
+                .as_ref()
+                .is_some_and(|id| filter.interaction_ids.contains(id)))
+}

@@ -1,0 +1,108 @@
+//! Wiring: the gRPC services, health and reflection on a bound listener, and an orderly shutdown.
+//!
+//! `serve` takes the listener and the shutdown signal from its caller, so `main` and the tests start
+//! the server the same way (tests bind `127.0.0.1:0` and hand the listener in: no port races).
+
+use crate::api::{Api, Events};
+use crate::clock::Clock;
+use crate::domain::Platform;
+use crate::engine::Engine;
+use crate::store::{Store, StoreError};
+use ixn_proto::auth::{Authenticator, Secret, Verifier};
+use ixn_proto::events::event_service_server::EventServiceServer;
+use ixn_proto::interaction::agent_service_server::AgentServiceServer;
+use ixn_proto::interaction::interaction_service_server::InteractionServiceServer;
+use std::future::Future;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+
+/// Everything a server needs besides its listener.
+#[derive(Debug)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// The signing secrets tokens are checked against (several during a rotation).
+    pub secrets: Vec<Secret>,
+    pub platform: Platform,
+    pub clock: Clock,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the reflection service cannot be built: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The largest request a client may send (the transport refuses more with OUT_OF_RANGE).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Serves until `shutdown` completes, then drains: health says NOT_SERVING, streams end with
+/// UNAVAILABLE (subscribers resume by sequence), in-flight calls finish, the writer commits what it
+/// has and releases the data directory.
+pub async fn serve(
+    listener: TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = Store::open(&options.data_dir)?;
+    let engine = Engine::start(store, options.platform, options.clock.clone())?;
+    let clock = options.clock.clone();
+    let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<InteractionServiceServer<Api>>().await;
+    health.set_serving::<AgentServiceServer<Api>>().await;
+    health.set_serving::<EventServiceServer<Events>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ixn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (draining_tx, draining) = watch::channel(false);
+    let api = Api::new(engine.clone());
+    let events = Events::new(engine.log.clone(), options.clock.clone(), draining);
+    let signal = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("draining");
+            health
+                .set_not_serving::<InteractionServiceServer<Api>>()
+                .await;
+            health.set_not_serving::<AgentServiceServer<Api>>().await;
+            health.set_not_serving::<EventServiceServer<Events>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            draining_tx.send_replace(true);
+        }
+    };
+
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            InteractionServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AgentServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            EventServiceServer::new(events).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    // Whatever the writer already holds is committed and answered before the store is released.
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    tracing::info!("stopped");
+    Ok(result?)
+}
