@@ -298,6 +298,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let tx = self.store.begin()?;
         let mut new_id = Uuid::now_v7;
+        let mut loaded = Vec::new();
         for job in batch {
             let (submission, reply) = match job {
                 Job::Execute(s, reply) => (*s, Some(reply)),
@@ -339,12 +340,14 @@ impl Writer {
                 pending.push((reply, answer));
                 continue;
             }
+            // A stopped interaction lives in the store alone; the domain needs it to answer
+            // ALREADY_STOPPED (it is forgotten again after the batch, and not rewritten).
             if let Some(id) = submission.command.interaction_id()
                 && !self.state.interactions.contains_key(&id)
                 && let Some(stopped) = tx.interaction(id)?
             {
                 self.state.insert(stopped);
-                touched.insert(id);
+                loaded.push(id);
             }
             let mut ctx = Ctx {
                 now,
@@ -443,6 +446,11 @@ impl Writer {
         for key in agents.iter() {
             if let Some(agent) = self.state.agents.get(key) {
                 tx.save_agent(&agent.to_proto(&self.platform))?;
+            }
+        }
+        for id in loaded {
+            if !touched.contains(&id) {
+                self.state.forget_stopped(id);
             }
         }
         if now - self.last_prune > PRUNE_EVERY_US {

@@ -62,7 +62,6 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "interaction-server serving");
         let options = Options {
             data_dir: args.data_dir,
             secrets,

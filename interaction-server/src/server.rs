@@ -52,6 +52,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Store::open(&options.data_dir)?;
     let engine = Engine::start(store, options.platform, options.clock.clone())?;
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %options.data_dir.display(),
+        head = engine.log.head(),
+        "interaction-server serving"
+    );
     let clock = options.clock.clone();
     let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs());
 

@@ -87,7 +87,10 @@ impl World {
     async fn routing(&mut self) -> String {
         let id = self.queued().await;
         let pulled = self.router.pull("q", &id).await.unwrap();
-        assert_eq!(pulled.interaction.unwrap().state(), InteractionState::Routing);
+        assert_eq!(
+            pulled.interaction.unwrap().state(),
+            InteractionState::Routing
+        );
         id
     }
 
@@ -200,7 +203,11 @@ async fn version_a_media_server_stops_while_an_agent_handles() {
     // The media server sees the reporting events of its own submission, and nothing addressed to it.
     assert_eq!(kinds(&seen.ms), ["PartyRemoved", "ProcessingStopped"]);
     assert_eq!(kinds(&seen.router), ["PartyRemoved", "ProcessingStopped"]);
-    assert!(seen.a2.is_empty(), "a bystander agent saw {:?}", kinds(&seen.a2));
+    assert!(
+        seen.a2.is_empty(),
+        "a bystander agent saw {:?}",
+        kinds(&seen.a2)
+    );
     assert!(seen.foreign_ms.is_empty());
     assert_eq!(
         w.admin.get(&id).await.unwrap().state(),
@@ -347,10 +354,19 @@ async fn an_admin_stop_tells_the_owner_as_in_a_and_b() {
     // Both interactions' events arrive on one set of streams; split them per interaction.
     let reporting_fence = w.fence_admin.submit("fence", "chat").await.unwrap();
     let mut s = streams;
-    let reporter = s.reporter.until_fence(&reporting_fence.interaction_id).await;
+    let reporter = s
+        .reporter
+        .until_fence(&reporting_fence.interaction_id)
+        .await;
     let router = s.router.until_fence(&reporting_fence.interaction_id).await;
-    assert_eq!(kinds(&about(&reporter, &handled)), ["PartyRemoved", "ProcessingStopped"]);
-    assert_eq!(kinds(&about(&reporter, &routed)), ["PartyRemoved", "ProcessingStopped"]);
+    assert_eq!(
+        kinds(&about(&reporter, &handled)),
+        ["PartyRemoved", "ProcessingStopped"]
+    );
+    assert_eq!(
+        kinds(&about(&reporter, &routed)),
+        ["PartyRemoved", "ProcessingStopped"]
+    );
     assert_eq!(
         kinds(&about(&router, &routed)),
         ["Abandoned→router:r1", "PartyRemoved", "ProcessingStopped"]
@@ -383,45 +399,71 @@ async fn unsuccessful_stops_answer_the_contract_reason_and_change_nothing() {
     let mut reporter = w.reporter.clone();
     let unknown = uuid::Uuid::now_v7().to_string();
     let cases: Vec<(&str, Result<_, tonic::Status>, R)> = vec![
-        ("unknown id", w.ms.stop(&unknown).await, R::InteractionNotFound),
-        ("already stopped", w.ms.stop(&stopped).await, R::AlreadyStopped),
+        (
+            "unknown id",
+            w.ms.stop(&unknown).await,
+            R::InteractionNotFound,
+        ),
+        (
+            "already stopped",
+            w.ms.stop(&stopped).await,
+            R::AlreadyStopped,
+        ),
         // "Already stopped" is checked before entitlement.
-        ("already stopped, not entitled", a2.stop(&stopped).await, R::AlreadyStopped),
+        (
+            "already stopped, not entitled",
+            a2.stop(&stopped).await,
+            R::AlreadyStopped,
+        ),
         ("non-owner agent", a2.stop(&handled).await, R::NotOwner),
-        ("foreign media server", foreign.stop(&handled).await, R::NotOwner),
-        ("other tenant", other_tenant.stop(&handled).await, R::InteractionNotFound),
-        ("malformed id", w.ms.stop("not-a-uuid").await, R::InvalidArgument),
-        ("reporter role", reporter.stop(&handled).await, R::RoleDenied),
+        (
+            "foreign media server",
+            foreign.stop(&handled).await,
+            R::NotOwner,
+        ),
+        (
+            "other tenant",
+            other_tenant.stop(&handled).await,
+            R::InteractionNotFound,
+        ),
+        (
+            "malformed id",
+            w.ms.stop("not-a-uuid").await,
+            R::InvalidArgument,
+        ),
+        (
+            "reporter role",
+            reporter.stop(&handled).await,
+            R::RoleDenied,
+        ),
     ];
     for (name, result, expected) in cases {
         let status = result.expect_err(name);
         assert_eq!(reason_of(&status), expected, "{name}: {status:?}");
     }
     // A request without a request_id, and one with an oversized reason.
-    let bad_request = w
-        .ms
-        .interactions
-        .stop_processing(StopProcessingRequest {
-            request_id: String::new(),
-            interaction_id: handled.clone(),
-            reason: None,
-        })
-        .await
-        .unwrap_err();
+    let bad_request =
+        w.ms.interactions
+            .stop_processing(StopProcessingRequest {
+                request_id: String::new(),
+                interaction_id: handled.clone(),
+                reason: None,
+            })
+            .await
+            .unwrap_err();
     assert_eq!(reason_of(&bad_request), R::InvalidArgument);
-    let oversized = w
-        .ms
-        .interactions
-        .stop_processing(StopProcessingRequest {
-            request_id: rid(),
-            interaction_id: handled.clone(),
-            reason: Some(ixn_proto::common::Reason {
-                description: "x".repeat(10_000),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap_err();
+    let oversized =
+        w.ms.interactions
+            .stop_processing(StopProcessingRequest {
+                request_id: rid(),
+                interaction_id: handled.clone(),
+                reason: Some(ixn_proto::common::Reason {
+                    description: "x".repeat(10_000),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
     assert_eq!(reason_of(&oversized), R::InvalidArgument);
     // A token signed with another key.
     let mut forged = Client::new(
@@ -449,7 +491,15 @@ async fn unsuccessful_stops_answer_the_contract_reason_and_change_nothing() {
     let after = w.admin.get(&handled).await.unwrap();
     assert_eq!(after, before);
     let seen = w.seen_any(streams, &[&handled, &stopped]).await;
-    let all = [seen.ms, seen.foreign_ms, seen.router, seen.a1, seen.a2, seen.reporter].concat();
+    let all = [
+        seen.ms,
+        seen.foreign_ms,
+        seen.router,
+        seen.a1,
+        seen.a2,
+        seen.reporter,
+    ]
+    .concat();
     assert!(all.is_empty(), "failed stops emitted {:?}", kinds(&all));
     w.server.stop().await;
 }

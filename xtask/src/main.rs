@@ -17,7 +17,9 @@ fn main() -> ExitCode {
         Some("up") => up(),
         Some("ci") => ci(),
         _ => {
-            eprintln!("usage: cargo xtask <up|ci>\n  up  run the services on the embedded default (SQLite in data/)\n  ci  formatting, lints and every test, as CI runs them");
+            eprintln!(
+                "usage: cargo xtask <up|ci>\n  up  run the services on the embedded default (SQLite in data/)\n  ci  formatting, lints and every test, as CI runs them"
+            );
             return ExitCode::from(2);
         }
     };
@@ -55,7 +57,14 @@ fn cargo() -> Command {
 
 fn ci() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))
 }
 
@@ -82,7 +91,10 @@ fn up() -> Result<(), String> {
     run(cargo().args(["build", "--release", "-p", "interaction-server"]))?;
     let bin = root.join("target/release/interaction-server");
     let data_dir = data.join("interaction-server");
-    println!("interaction-server: grpc://{INTERACTION_SERVER_ADDR} (data in {})", data_dir.display());
+    println!(
+        "interaction-server: grpc://{INTERACTION_SERVER_ADDR} (data in {})",
+        data_dir.display()
+    );
     println!("mint a token (roles: media_server, agent, router, reporter, service, admin):");
     println!(
         "  IXN_JWT_SECRET=$(cat {}) {} token --role agent --agent-id a1 --tenant t1",

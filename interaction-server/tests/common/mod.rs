@@ -200,7 +200,10 @@ impl Client {
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
         Client {
             who,
-            interactions: InteractionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            interactions: InteractionServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
             agents: AgentServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             events: EventServiceClient::with_interceptor(channel, bearer),
         }
@@ -392,5 +395,6 @@ pub fn about_any(events: &[Event], ids: &[&str]) -> Vec<Event> {
 }
 
 pub fn is(body: &Option<Body>, kind: &str) -> bool {
-    body.as_ref().is_some_and(|b| ixn_proto::event::kind(b) == kind)
+    body.as_ref()
+        .is_some_and(|b| ixn_proto::event::kind(b) == kind)
 }
