@@ -237,6 +237,11 @@ pub fn decide(
             media_type,
             interaction_id,
         } => {
+            // Existence in the caller's tenant, and not stopped, before the agent's availability.
+            let named = match interaction_id {
+                Some(id) => Some(state.live(&caller.tenant, *id)?),
+                None => None,
+            };
             let agent = match caller.role {
                 Role::Agent => Some(state.logged_in_agent(&caller.tenant, caller.agent())?),
                 _ => None,
@@ -246,12 +251,11 @@ pub fn decide(
                 media_type.as_ref().is_none_or(|m| *m == i.media_type)
                     && agent.is_none_or(|a| a.can_take(&i.media_type, ctx.platform))
             };
-            let chosen = match interaction_id {
-                Some(id) => {
-                    let i = state.live(&caller.tenant, *id)?;
+            let chosen = match named {
+                Some(i) => {
                     if i.phase != Phase::Queued || i.queue != *queue {
                         return Err(DomainError::InvalidState {
-                            id: *id,
+                            id: i.id,
                             state: i.phase.name(),
                             what: "only an interaction waiting in the named queue can be pulled",
                         });
