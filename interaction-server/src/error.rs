@@ -64,8 +64,9 @@ impl From<DomainError> for Failure {
                     .with_meta("agent_id", agent_id)
                     .with_meta("interaction_ids", ids.join(","))
             }
-            DomainError::LogoutReasonRequired => {
+            DomainError::LogoutReasonRequired { allowed } => {
                 Failure::new(Reason::LogoutReasonRequired, message)
+                    .with_meta("logout_reasons", allowed.join(","))
             }
             DomainError::InvalidArgument { field, what } => Failure::invalid_argument(field, what),
         }

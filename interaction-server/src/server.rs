@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
 /// Everything a server needs besides its listener.
@@ -68,6 +69,13 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ixn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Advertise only what this server serves: the contract's descriptor set also holds
+        // session-service's SessionService.
+        .with_service_name(InteractionServiceServer::<Api>::NAME)
+        .with_service_name(AgentServiceServer::<Api>::NAME)
+        .with_service_name(EventServiceServer::<Events>::NAME)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()?;
 
     let (draining_tx, draining) = watch::channel(false);

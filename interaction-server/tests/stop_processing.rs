@@ -372,7 +372,10 @@ async fn an_admin_stop_tells_the_owner_as_in_a_and_b() {
         ["Abandoned→router:r1", "PartyRemoved", "ProcessingStopped"]
     );
     let revoked = s.a1.next().await.unwrap();
-    assert_eq!(kinds(&[revoked.clone()]), ["Revoked→agent:a1@place-a1"]);
+    assert_eq!(
+        kinds(std::slice::from_ref(&revoked)),
+        ["Revoked→agent:a1@place-a1"]
+    );
     assert_eq!(
         ixn_proto::event::interaction_id(revoked.body.as_ref().unwrap()),
         Some(handled.as_str())

@@ -35,7 +35,10 @@ pub enum DomainError {
         interaction_ids: Vec<Uuid>,
     },
     #[error("the platform requires a logout reason")]
-    LogoutReasonRequired,
+    LogoutReasonRequired {
+        /// The codes of the reasons the platform allows (what AF1 offers).
+        allowed: Vec<String>,
+    },
     #[error("{field}: {what}")]
     InvalidArgument { field: &'static str, what: String },
 }

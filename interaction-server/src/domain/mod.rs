@@ -505,7 +505,14 @@ pub fn decide(
             }
             let reason = ctx.platform.logout_reason(reason.as_ref())?;
             if reason.is_none() && ctx.platform.logout_reason_required {
-                return Err(DomainError::LogoutReasonRequired);
+                return Err(DomainError::LogoutReasonRequired {
+                    allowed: ctx
+                        .platform
+                        .logout_reasons
+                        .iter()
+                        .map(|r| r.code.clone())
+                        .collect(),
+                });
             }
             out.report(Body::AgentLogout(ev::AgentLogout {
                 agent: Some(agent.party()),

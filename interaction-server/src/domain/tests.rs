@@ -1488,7 +1488,9 @@ fn a_platform_that_requires_a_logout_reason_refuses_a_logout_without_one() {
     for missing in [None, Some(Reason::default())] {
         assert_eq!(
             w.refused(&service(T1), logout("a1", missing)),
-            DomainError::LogoutReasonRequired
+            DomainError::LogoutReasonRequired {
+                allowed: vec!["end-of-shift".into(), "break".into()],
+            }
         );
     }
     assert_eq!(
