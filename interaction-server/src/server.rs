@@ -5,7 +5,7 @@
 
 use crate::api::{Api, Events};
 use crate::clock::Clock;
-use crate::domain::Platform;
+use crate::domain::{Micros, Platform};
 use crate::engine::Engine;
 use crate::store::{Store, StoreError};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
@@ -14,9 +14,9 @@ use ixn_proto::interaction::agent_service_server::AgentServiceServer;
 use ixn_proto::interaction::interaction_service_server::InteractionServiceServer;
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{oneshot, watch};
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
@@ -42,6 +42,18 @@ pub enum ServeError {
 
 /// The largest request a client may send (the transport refuses more with OUT_OF_RANGE).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The accepted connections, with Nagle's algorithm off: with it, a response of more than one
+/// segment waits for the client's delayed ACK (about 40 ms) before its last segment goes out.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// How long a drain waits, on the server's clock, for open calls and streams to finish before the
+/// server stops anyway: a subscriber that stopped reading cannot be sent its UNAVAILABLE (the
+/// transport's flow control holds it back), and would otherwise keep the server, and its data
+/// directory, forever.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 /// Serves until `shutdown` completes, then drains: health says NOT_SERVING, streams end with
 /// UNAVAILABLE (subscribers resume by sequence), in-flight calls finish, the writer commits what it
@@ -79,13 +91,17 @@ pub async fn serve(
         .build_v1()?;
 
     let (draining_tx, draining) = watch::channel(false);
+    let (drain_deadline_tx, drain_deadline) = oneshot::channel::<Micros>();
     let api = Api::new(engine.clone());
     let events = Events::new(engine.log.clone(), options.clock.clone(), draining);
     let signal = {
         let health = health.clone();
+        let clock = options.clock.clone();
         async move {
             shutdown.await;
             tracing::info!("draining");
+            // Fixed before anyone is told of the drain.
+            let _ = drain_deadline_tx.send(clock.now() + DRAIN_GRACE.as_micros() as Micros);
             health
                 .set_not_serving::<InteractionServiceServer<Api>>()
                 .await;
@@ -98,7 +114,16 @@ pub async fn serve(
         }
     };
 
-    let result = tonic::transport::Server::builder()
+    let grace_over = {
+        let clock = options.clock.clone();
+        async move {
+            match drain_deadline.await {
+                Ok(deadline) => clock.sleep_until(deadline).await,
+                Err(_) => std::future::pending().await,
+            }
+        }
+    };
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InterceptedService::new(
@@ -113,8 +138,14 @@ pub async fn serve(
             EventServiceServer::new(events).max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
+        .serve_with_incoming_shutdown(incoming(listener), signal);
+    let result = tokio::select! {
+        result = serving => result,
+        () = grace_over => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "the drain did not finish in time; stopping with calls or streams still open");
+            Ok(())
+        }
+    };
     // Whatever the writer already holds is committed and answered before the store is released.
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     tracing::info!("stopped");

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// Events buffered per subscriber before it stops being fed and catches up from the log later.
+/// Events buffered per subscriber. A reader that falls behind holds back only its own feeder task,
+/// which waits; what it has not read stays in the log, so its memory is bounded by this buffer.
 const SUBSCRIBER_BUFFER: usize = 256;
 /// The most entries a filter may list.
 const MAX_FILTER_ENTRIES: usize = 100;
@@ -174,6 +175,9 @@ async fn follow(
             continue;
         }
         for entry in entries {
+            if clock.now() >= expires {
+                break;
+            }
             after = entry.sequence;
             if viewer.may_see(&entry)
                 && passes(&filter, &entry)

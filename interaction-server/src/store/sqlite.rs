@@ -280,7 +280,7 @@ impl Batch<'_> {
             entry.kind,
             entry.interaction_id,
             entry.reporting,
-            entry.recipients.join(" "),
+            encode_recipients(&entry.recipients),
             entry.submitter,
             entry.event.encode_to_vec(),
         ])?;
@@ -332,6 +332,24 @@ impl Batch<'_> {
     pub fn commit(self) -> Result<(), StoreError> {
         Ok(self.tx.commit()?)
     }
+}
+
+/// The `recipients` column: the party keys as a JSON array. A key may contain spaces (names allow
+/// them), so a separator would split one key into two.
+fn encode_recipients(keys: &[String]) -> String {
+    serde_json::to_string(keys).expect("strings encode")
+}
+
+fn decode_recipients(column: &str) -> Result<Vec<String>, StoreError> {
+    if !column.starts_with('[') {
+        // A row written before the keys were JSON: space-separated.
+        return Ok(column
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect());
+    }
+    serde_json::from_str(column).map_err(|e| StoreError::Corrupt(format!("recipients: {e}")))
 }
 
 fn decode_interaction(body: &[u8], queued_seq: u64) -> Result<Interaction, StoreError> {
@@ -507,7 +525,7 @@ impl Readers {
                         .unwrap_or("unknown"),
                     interaction_id,
                     reporting,
-                    recipients: recipients.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                    recipients: decode_recipients(&recipients)?,
                     submitter,
                     event,
                 }))
