@@ -11,15 +11,15 @@
 //! Sequences are assigned here, contiguously, and become visible in that order. If a commit fails,
 //! nobody was answered yes: the state is reloaded from the store and every caller gets UNAVAILABLE.
 
-use crate::clock::Clock;
 use crate::domain::{self, Caller, Command, Ctx, Decision, Micros, Platform, Reply, State};
 use crate::error::Error;
-use crate::log::{Log, LogEntry};
-use crate::store::{Readers, Store, StoreError};
+use crate::store::{Readers, Rows, Store, StoreError};
 use ixn_proto::auth::Role;
+use ixn_proto::clock::Clock;
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::events::Event;
 use ixn_proto::interaction as pb;
+use ixn_proto::log::{Log, LogEntry};
 use prost::Message;
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,11 +4,11 @@
 //! the server the same way (tests bind `127.0.0.1:0` and hand the listener in: no port races).
 
 use crate::api::{Api, Events};
-use crate::clock::Clock;
 use crate::domain::{Micros, Platform};
 use crate::engine::Engine;
 use crate::store::{Store, StoreError};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
+use ixn_proto::clock::Clock;
 use ixn_proto::events::event_service_server::EventServiceServer;
 use ixn_proto::interaction::agent_service_server::AgentServiceServer;
 use ixn_proto::interaction::interaction_service_server::InteractionServiceServer;

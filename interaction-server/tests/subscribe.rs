@@ -14,7 +14,7 @@ mod common;
 
 use common::*;
 use interaction_server::clock::ManualClock;
-use interaction_server::log::RING_CAPACITY;
+use ixn_proto::log::RING_CAPACITY;
 use ixn_proto::auth::Role;
 use ixn_proto::error::Reason as R;
 use ixn_proto::events::event::Body;

@@ -7,6 +7,11 @@
 //! - [`party`]: constructors and comparisons for `Party`.
 //! - [`event`]: what kind an event body is, whom it concerns, and the envelope's conventions.
 //! - [`validate`]: argument checks (ids, names, reasons) and request fingerprints.
+//! - [`clock`]: injected time, so tests move it instead of sleeping.
+//! - [`sqlite`]: the durable plumbing both services' stores share: the locked data directory, the
+//!   event log and request-outcome tables, read-only connections.
+//! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
+//!   feeds one stream.
 
 #![forbid(unsafe_code)]
 
@@ -44,7 +49,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ixn_descriptor.bin"));
 
 pub mod auth;
+pub mod clock;
 pub mod error;
 pub mod event;
+pub mod log;
 pub mod party;
+pub mod sqlite;
 pub mod validate;

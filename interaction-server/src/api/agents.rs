@@ -2,6 +2,7 @@
 
 use super::{Api, caller, status, traceparent};
 use crate::domain::Command;
+use crate::store::Reads;
 use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::Failure;
 use ixn_proto::interaction::agent_service_server::AgentService;

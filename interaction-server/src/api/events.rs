@@ -1,15 +1,14 @@
 //! `EventService.Subscribe`: the log, replayed after a sequence and then followed live, in order,
 //! with no gap and no duplicate, filtered to what the caller may see.
 
-use crate::clock::Clock;
 use crate::domain::party_key;
-use crate::log::{Log, Viewer, passes};
-use crate::store::REPLAY_CHUNK;
 use ixn_proto::auth::{Role, identity};
+use ixn_proto::clock::Clock;
 use ixn_proto::common::Party;
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::events::event_service_server::EventService;
 use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
+use ixn_proto::log::{Feed, Log, LogEntry, Viewer, follow, passes};
 use ixn_proto::validate;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -83,17 +82,17 @@ impl EventService for Events {
         let start = if r.from_head { head } else { r.after_sequence };
         let expires = claims.exp.saturating_mul(1_000_000);
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        // The stream is fed from its own task, so a slow reader holds back only itself.
-        tokio::spawn(follow(
-            self.log.clone(),
-            viewer,
-            filter,
-            start,
-            tx,
-            self.clock.clone(),
+        let feed = Feed {
+            log: self.log.clone(),
+            visible: move |e: &LogEntry| viewer.may_see(e) && passes(&filter, e),
+            ends_after: |_: &LogEntry| false,
+            after: start,
+            clock: self.clock.clone(),
             expires,
-            self.draining.clone(),
-        ));
+            draining: self.draining.clone(),
+        };
+        // The stream is fed from its own task, so a slow reader holds back only itself.
+        tokio::spawn(follow(feed, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -122,79 +121,4 @@ fn check_filter(filter: &EventFilter) -> Result<(), Failure> {
         validate::uuid("filter.interaction_ids", id)?;
     }
     Ok(())
-}
-
-/// Feeds one subscriber from `after` on until it goes away, its token expires or the server drains.
-#[allow(clippy::too_many_arguments)]
-async fn follow(
-    log: Arc<Log>,
-    viewer: Viewer,
-    filter: EventFilter,
-    mut after: u64,
-    tx: mpsc::Sender<Result<Event, Status>>,
-    clock: Clock,
-    expires: i64,
-    mut draining: watch::Receiver<bool>,
-) {
-    let mut head = log.watch_head();
-    loop {
-        if *draining.borrow() {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the server is shutting down; resume from the last sequence",
-                )))
-                .await;
-            return;
-        }
-        let known = *head.borrow_and_update();
-        if after >= known {
-            tokio::select! {
-                changed = head.changed() => if changed.is_err() { return },
-                _ = draining.changed() => {}
-                _ = tx.closed() => return,
-                _ = clock.sleep_until(expires) => {
-                    let status = Failure::new(Reason::TokenExpired, "the token has expired; resume with a fresh one")
-                        .with_meta("after_sequence", after)
-                        .into_status();
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            }
-            continue;
-        }
-        let entries = match log.read_after(after, REPLAY_CHUNK).await {
-            Ok(entries) => entries,
-            Err(e) => {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                return;
-            }
-        };
-        if entries.is_empty() {
-            // The head is published after the commit, so this is not expected; never spin on it.
-            tokio::task::yield_now().await;
-            continue;
-        }
-        for entry in entries {
-            if clock.now() >= expires {
-                break;
-            }
-            after = entry.sequence;
-            if viewer.may_see(&entry)
-                && passes(&filter, &entry)
-                && tx.send(Ok(entry.event.clone())).await.is_err()
-            {
-                return;
-            }
-        }
-        if clock.now() >= expires {
-            let status = Failure::new(
-                Reason::TokenExpired,
-                "the token has expired; resume with a fresh one",
-            )
-            .with_meta("after_sequence", after)
-            .into_status();
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    }
 }

@@ -3,7 +3,7 @@
 use super::{Api, caller, status, traceparent};
 use crate::domain::{Command, Phase, party_key};
 use crate::limits;
-use crate::store::Visibility;
+use crate::store::{Reads, Visibility};
 use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::interaction::interaction_service_server::InteractionService;

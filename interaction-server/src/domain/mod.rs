@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Microseconds since the Unix epoch.
-pub type Micros = i64;
+pub use ixn_proto::clock::Micros;
 
 /// Who is asking, as the verified token says, in one tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

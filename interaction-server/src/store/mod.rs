@@ -1,11 +1,9 @@
 //! The durable copy: the event log, the current row of every interaction and agent, and the outcomes
-//! of successful requests (idempotency), in SQLite.
-//!
-//! One process owns the data directory (a lock file says so); inside it, one writer connection
-//! commits each batch of transitions in one transaction (WAL, `synchronous=FULL`: an acknowledged
-//! change survives power loss) and read-only connections serve reads, which see only what is
-//! committed.
+//! of successful requests (idempotency), in SQLite. The log, the outcomes, the directory lock and the
+//! read-only connections are the shared plumbing of `ixn_proto::sqlite`; this module adds
+//! interaction-server's own tables.
 
 mod sqlite;
 
-pub use sqlite::{REPLAY_CHUNK, Readers, Store, StoreError, StoredRequest, Visibility};
+pub use ixn_proto::sqlite::{Readers, StoreError};
+pub use sqlite::{Reads, Rows, Store, Visibility};

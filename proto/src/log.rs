@@ -1,13 +1,18 @@
 //! The committed events as subscribers read them: a ring of the most recent ones in memory, shared
 //! by every live subscriber (each event is built once), and the store for a subscriber that is behind
 //! the ring. The head sequence is a watch, so a caught-up subscriber waits without polling.
+//!
+//! [`follow`] is the loop that feeds one stream, for `Subscribe` and session-service's `Connect`.
 
-use crate::store::{Readers, StoreError};
-use ixn_proto::auth::Role;
-use ixn_proto::events::{Event, EventFilter};
+use crate::auth::Role;
+use crate::clock::{Clock, Micros};
+use crate::error::{Failure, Reason};
+use crate::events::{Event, EventFilter};
+use crate::sqlite::{REPLAY_CHUNK, Readers, StoreError};
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
 
 /// One committed event and what deciding who may see it takes, without decoding its body.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,4 +136,110 @@ pub fn passes(filter: &EventFilter, e: &LogEntry) -> bool {
             || e.interaction_id
                 .as_ref()
                 .is_some_and(|id| filter.interaction_ids.contains(id)))
+}
+
+/// What one stream is fed with, and when it ends.
+pub struct Feed<V, E> {
+    pub log: Arc<Log>,
+    /// Whether the stream's caller may see an entry (its role, tenant, filter…).
+    pub visible: V,
+    /// Whether the stream ends, with OK, once this entry is delivered (a disposed session).
+    pub ends_after: E,
+    /// The last sequence the caller has; the stream starts after it.
+    pub after: u64,
+    pub clock: Clock,
+    /// When the caller's token expires (microseconds): the stream then ends with TOKEN_EXPIRED.
+    pub expires: Micros,
+    /// Flips to true when the server drains: the stream ends with UNAVAILABLE.
+    pub draining: watch::Receiver<bool>,
+}
+
+impl<V, E> std::fmt::Debug for Feed<V, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn expired(after: u64) -> Status {
+    Failure::new(
+        Reason::TokenExpired,
+        "the token has expired; resume with a fresh one",
+    )
+    .with_meta("after_sequence", after)
+    .into_status()
+}
+
+/// Feeds one stream until its reader goes away, it ends, its token expires or the server drains.
+/// Each entry is delivered at most once and in sequence order; a reader that falls behind holds back
+/// only this task (what it has not read stays in the log).
+pub async fn follow<V, E>(feed: Feed<V, E>, tx: mpsc::Sender<Result<Event, Status>>)
+where
+    V: Fn(&LogEntry) -> bool,
+    E: Fn(&LogEntry) -> bool,
+{
+    let Feed {
+        log,
+        visible,
+        ends_after,
+        mut after,
+        clock,
+        expires,
+        mut draining,
+    } = feed;
+    let mut head = log.watch_head();
+    loop {
+        if *draining.borrow() {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the server is shutting down; resume from the last sequence",
+                )))
+                .await;
+            return;
+        }
+        let known = *head.borrow_and_update();
+        if after >= known {
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                _ = draining.changed() => {}
+                _ = tx.closed() => return,
+                _ = clock.sleep_until(expires) => {
+                    let _ = tx.send(Err(expired(after))).await;
+                    return;
+                }
+            }
+            continue;
+        }
+        let entries = match log.read_after(after, REPLAY_CHUNK).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                return;
+            }
+        };
+        if entries.is_empty() {
+            // The head is published after the commit, so this is not expected; never spin on it.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        for entry in entries {
+            if clock.now() >= expires {
+                break;
+            }
+            after = entry.sequence;
+            if visible(&entry) {
+                if tx.send(Ok(entry.event.clone())).await.is_err() {
+                    return;
+                }
+                if ends_after(&entry) {
+                    return;
+                }
+            }
+        }
+        if clock.now() >= expires {
+            let _ = tx.send(Err(expired(after))).await;
+            return;
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Time, injected: the system clock in production, a manual one in tests (invite deadlines and token
 //! expiry move when a test says so, never by sleeping).
 
-use crate::domain::Micros;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
 
 /// A source of the current time.
 #[derive(Clone, Debug)]

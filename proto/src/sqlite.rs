@@ -1,0 +1,368 @@
+//! The SQLite plumbing both services' stores share.
+//!
+//! One process owns a data directory (a lock file says so). Inside it, one writer connection commits
+//! each batch in one transaction (WAL, `synchronous=FULL`: an acknowledged change survives power
+//! loss), and read-only connections serve reads, which see only what is committed. Every service's
+//! database holds the same two tables besides its own: `events` (its log) and `requests` (outcomes of
+//! successful requests, for idempotent retries).
+
+use crate::clock::Micros;
+use crate::events::Event;
+use crate::log::LogEntry;
+use fs4::fs_std::FileExt;
+use prost::Message;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const COMMON_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+-- The log. `body` is the encoded Event; the other columns let a replay filter without decoding.
+CREATE TABLE IF NOT EXISTS events (
+    sequence INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    interaction_id TEXT,
+    reporting INTEGER NOT NULL,
+    recipients TEXT NOT NULL,
+    submitter TEXT,
+    body BLOB NOT NULL
+);
+-- Outcomes of successful mutating requests, kept at least 24 hours (AIP-155).
+CREATE TABLE IF NOT EXISTS requests (
+    tenant TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    response BLOB NOT NULL,
+    created_us INTEGER NOT NULL,
+    PRIMARY KEY (tenant, subject, method, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created_us);
+";
+
+/// Events read from the store in one short transaction at most (a long read would hold back WAL
+/// checkpoints).
+pub const REPLAY_CHUNK: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error(
+        "the database was written by a newer version (schema {found}, this build knows {known})"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a stored row cannot be decoded: {0}")]
+    Corrupt(String),
+}
+
+/// A recorded outcome of a request.
+#[derive(Clone, Debug)]
+pub struct StoredRequest {
+    pub fingerprint: Vec<u8>,
+    pub response: Vec<u8>,
+}
+
+/// The writer's connection to a service's database.
+pub struct Database {
+    conn: Connection,
+    path: PathBuf,
+    /// Held for the life of the process: a second process on the same directory refuses to start.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens (creating if need be) `file` in `data_dir`, locking the directory, and applies the
+    /// common schema and the service's own (`schema`, at `version`).
+    pub fn open(
+        data_dir: &Path,
+        file: &str,
+        schema: &str,
+        version: i64,
+    ) -> Result<Database, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let lock = File::create(data_dir.join("LOCK"))?;
+        if !lock.try_lock_exclusive().unwrap_or(false) {
+            return Err(StoreError::Locked(data_dir.to_owned()));
+        }
+        let path = data_dir.join(file);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: the WAL is synced at every commit, so an acknowledged change survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "busy_timeout", 5_000)?;
+        conn.execute_batch(COMMON_SCHEMA)?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            Some(v) if v > version => {
+                return Err(StoreError::NewerSchema {
+                    found: v,
+                    known: version,
+                });
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [version],
+                )?;
+            }
+        }
+        conn.execute_batch(schema)?;
+        Ok(Database {
+            conn,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The writer connection, for loading at start.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The sequence of the last event in the log (0 when empty).
+    pub fn head(&self) -> Result<u64, StoreError> {
+        let head: Option<i64> =
+            self.conn
+                .query_row("SELECT max(sequence) FROM events", [], |r| r.get(0))?;
+        Ok(head.unwrap_or(0) as u64)
+    }
+
+    /// Read-only connections on the same database.
+    pub fn readers(&self) -> Readers {
+        Readers {
+            path: self.path.clone(),
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Starts a batch's transaction.
+    pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(Batch { tx })
+    }
+}
+
+/// One open transaction of the writer: everything in it commits together or not at all.
+pub struct Batch<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl Batch<'_> {
+    /// The transaction, for a service's own tables.
+    pub fn tx(&self) -> &rusqlite::Transaction<'_> {
+        &self.tx
+    }
+
+    /// The recorded outcome of a request, if any (including one recorded earlier in this batch).
+    pub fn request(
+        &self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT fingerprint, response FROM requests
+             WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
+        )?;
+        Ok(stmt
+            .query_row(params![tenant, subject, method, request_id], |r| {
+                Ok(StoredRequest {
+                    fingerprint: r.get(0)?,
+                    response: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_request(
+        &self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+        fingerprint: &[u8],
+        response: &[u8],
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO requests (tenant, subject, method, request_id, fingerprint, response, created_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        stmt.execute(params![
+            tenant,
+            subject,
+            method,
+            request_id,
+            fingerprint,
+            response,
+            now
+        ])?;
+        Ok(())
+    }
+
+    /// Forgets request outcomes recorded before `before`.
+    pub fn prune_requests(&self, before: Micros) -> Result<usize, StoreError> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM requests WHERE created_us < ?1", [before])?)
+    }
+
+    /// Appends one event to the log.
+    pub fn append(&self, entry: &LogEntry) -> Result<(), StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO events (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        stmt.execute(params![
+            entry.sequence as i64,
+            entry.tenant,
+            entry.kind,
+            entry.interaction_id,
+            entry.reporting,
+            encode_recipients(&entry.recipients),
+            entry.submitter,
+            entry.event.encode_to_vec(),
+        ])?;
+        Ok(())
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
+    }
+}
+
+/// Party keys may hold any character, spaces included: the column is a JSON array.
+fn encode_recipients(keys: &[String]) -> String {
+    serde_json::to_string(keys).expect("strings encode")
+}
+
+fn decode_recipients(column: &str) -> Result<Vec<String>, StoreError> {
+    if !column.starts_with('[') {
+        // A row written before the keys were JSON: space-separated.
+        return Ok(column
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect());
+    }
+    serde_json::from_str(column).map_err(|e| StoreError::Corrupt(format!("recipients: {e}")))
+}
+
+/// A pool of read-only connections. Reads run on blocking threads and see only committed data.
+#[derive(Clone)]
+pub struct Readers {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers").field("path", &self.path).finish()
+    }
+}
+
+impl Readers {
+    /// Runs `f` on a pooled read-only connection (blocking: call from a blocking thread).
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self.pool.lock().expect("reader pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.pragma_update(None, "busy_timeout", 5_000)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        self.pool.lock().expect("reader pool").push(conn);
+        result
+    }
+
+    /// Runs a read on a blocking thread.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Readers) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || f(&readers))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("read task failed: {e}"))))
+    }
+
+    /// Up to `limit` events after `after`, in sequence order.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body
+                 FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body) =
+                    row?;
+                let event = Event::decode(body.as_slice())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(Arc::new(LogEntry {
+                    sequence: sequence as u64,
+                    tenant,
+                    kind: crate::event::KINDS
+                        .iter()
+                        .find(|k| **k == kind)
+                        .copied()
+                        .unwrap_or("unknown"),
+                    interaction_id,
+                    reporting,
+                    recipients: decode_recipients(&recipients)?,
+                    submitter,
+                    event,
+                }))
+            })
+            .collect()
+        })
+    }
+}
