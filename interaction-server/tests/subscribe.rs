@@ -14,12 +14,12 @@ mod common;
 
 use common::*;
 use interaction_server::clock::ManualClock;
-use ixn_proto::log::RING_CAPACITY;
 use ixn_proto::auth::Role;
 use ixn_proto::error::Reason as R;
 use ixn_proto::events::event::Body;
 use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
 use ixn_proto::interaction::*;
+use ixn_proto::log::RING_CAPACITY;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;

@@ -84,3 +84,16 @@ impl ManualClock {
         self.changed.send_replace(now);
     }
 }
+
+/// A protobuf timestamp from microseconds since the epoch.
+pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Microseconds since the epoch from a protobuf timestamp.
+pub fn micros(ts: &prost_types::Timestamp) -> Micros {
+    ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000
+}

@@ -12,6 +12,7 @@
 //!   event log and request-outcome tables, read-only connections.
 //! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
 //!   feeds one stream.
+//! - [`subscribe`]: `EventService.Subscribe` over a service's log.
 
 #![forbid(unsafe_code)]
 
@@ -55,4 +56,5 @@ pub mod event;
 pub mod log;
 pub mod party;
 pub mod sqlite;
+pub mod subscribe;
 pub mod validate;

@@ -323,6 +323,29 @@ impl Readers {
             .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("read task failed: {e}"))))
     }
 
+    /// The recorded outcome of a request, if committed.
+    pub fn request(
+        &self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached(
+                "SELECT fingerprint, response FROM requests
+                 WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
+            )?
+            .query_row(params![tenant, subject, method, request_id], |r| {
+                Ok(StoredRequest {
+                    fingerprint: r.get(0)?,
+                    response: r.get(1)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
     /// Up to `limit` events after `after`, in sequence order.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
         self.with(|c| {

@@ -3,7 +3,6 @@
 //! state. Handlers decode and encode; they decide nothing.
 
 mod agents;
-mod events;
 mod interactions;
 
 use crate::domain::{Caller, Command};
@@ -15,7 +14,7 @@ use ixn_proto::validate;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub use events::Events;
+pub use ixn_proto::subscribe::Events;
 
 /// The state every handler shares.
 #[derive(Clone, Debug)]

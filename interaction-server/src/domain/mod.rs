@@ -712,18 +712,7 @@ fn agent_state(agent_id: &str, what: &'static str) -> DomainError {
     }
 }
 
-/// A protobuf timestamp from microseconds since the epoch.
-pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
-/// Microseconds since the epoch from a protobuf timestamp.
-pub fn micros(ts: &prost_types::Timestamp) -> Micros {
-    ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000
-}
+pub use ixn_proto::clock::{micros, timestamp};
 
 #[cfg(test)]
 mod tests;

@@ -180,9 +180,13 @@ impl Platform {
     }
 
     /// The Not Ready reason to record: the default for an empty reason, else one the platform allows.
+    /// A logout reason is a valid Not Ready reason too: the Logout use case makes Ready channels Not
+    /// Ready with it (step 3).
     pub fn not_ready_reason(&self, reason: Option<&Reason>) -> Result<Reason, DomainError> {
         match reason {
-            Some(r) if !is_empty_reason(r) => self.allowed(&self.not_ready_reasons, r),
+            Some(r) if !is_empty_reason(r) => self
+                .allowed(&self.not_ready_reasons, r)
+                .or_else(|_| self.allowed(&self.logout_reasons, r)),
             _ => Ok(self.default_not_ready_reason.clone()),
         }
     }

@@ -603,15 +603,5 @@ impl Agent {
 
 /// A short key naming a party in the store's columns: `a:<agent>`, `r:<router>`, `m:<server>`.
 pub fn party_key(party: &Party) -> String {
-    use ixn_proto::common::party::Kind;
-    match &party.kind {
-        Some(Kind::Agent(a)) => format!("a:{}", a.agent_id),
-        Some(Kind::Router(r)) => format!("r:{}", r.router_id),
-        Some(Kind::MediaServer(m)) => format!("m:{}", m.server_id),
-        Some(Kind::Admin(a)) => format!("admin:{}", a.subject),
-        Some(Kind::System(s)) => format!("system:{}", s.what),
-        Some(Kind::Service(s)) => format!("service:{}", s.subject),
-        Some(Kind::Reporter(r)) => format!("reporter:{}", r.subject),
-        None => String::new(),
-    }
+    party.key()
 }

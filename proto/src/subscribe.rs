@@ -1,15 +1,14 @@
-//! `EventService.Subscribe`: the log, replayed after a sequence and then followed live, in order,
-//! with no gap and no duplicate, filtered to what the caller may see.
+//! `EventService.Subscribe`, as both services serve it over their own log: replayed after a sequence
+//! and then followed live, in order, with no gap and no duplicate, filtered to what the caller may see.
 
-use crate::domain::party_key;
-use ixn_proto::auth::{Role, identity};
-use ixn_proto::clock::Clock;
-use ixn_proto::common::Party;
-use ixn_proto::error::{Failure, Reason};
-use ixn_proto::events::event_service_server::EventService;
-use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
-use ixn_proto::log::{Feed, Log, LogEntry, Viewer, follow, passes};
-use ixn_proto::validate;
+use crate::auth::{Role, identity};
+use crate::clock::Clock;
+use crate::common::Party;
+use crate::error::{Failure, Reason};
+use crate::events::event_service_server::EventService;
+use crate::events::{Event, EventFilter, SubscribeRequest};
+use crate::log::{Feed, Log, LogEntry, Viewer, follow, passes};
+use crate::validate;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,12 +65,9 @@ impl EventService for Events {
         }
         let claims = &who.claims;
         let key = match claims.role {
-            Role::Agent => party_key(&Party::agent(
-                claims.agent_id.clone().unwrap_or_default(),
-                "",
-            )),
-            Role::Router => party_key(&Party::router(&claims.sub)),
-            Role::MediaServer => party_key(&Party::media_server(&claims.sub)),
+            Role::Agent => Party::agent(claims.agent_id.clone().unwrap_or_default(), "").key(),
+            Role::Router => Party::router(&claims.sub).key(),
+            Role::MediaServer => Party::media_server(&claims.sub).key(),
             _ => String::new(),
         };
         let viewer = Viewer {
@@ -104,7 +100,7 @@ fn check_filter(filter: &EventFilter) -> Result<(), Failure> {
     if let Some(unknown) = filter
         .kinds
         .iter()
-        .find(|k| !ixn_proto::event::KINDS.contains(&k.as_str()))
+        .find(|k| !crate::event::KINDS.contains(&k.as_str()))
     {
         return Err(Failure::invalid_argument(
             "filter.kinds",
