@@ -13,6 +13,7 @@
 //! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
 //!   feeds one stream.
 //! - [`subscribe`]: `EventService.Subscribe` over a service's log.
+//! - [`hosting`]: health, reflection, listener settings and the bounded drain of both servers.
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +54,7 @@ pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod hosting;
 pub mod log;
 pub mod party;
 pub mod sqlite;
