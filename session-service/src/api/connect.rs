@@ -1,0 +1,201 @@
+//! `Connect`, the desktop's message bus, and the connection-lost grace: when every `Connect` stream
+//! of a session has been gone for longer than the grace period, its Ready channels go Not Ready with
+//! actor `SystemParty{connection-lost}`. The session itself stays until logout.
+
+use super::{Inner, derived_id};
+use crate::domain::{self, agent_key};
+use ixn_proto::auth::Identity;
+use ixn_proto::common::Party;
+use ixn_proto::error::{Failure, Reason as R};
+use ixn_proto::events::Event;
+use ixn_proto::log::{Feed, LogEntry, follow};
+use ixn_proto::session::Session;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Events buffered per stream; a desktop that stops reading holds back only its own stream.
+const STREAM_BUFFER: usize = 256;
+/// The actor of the changes the grace period makes.
+pub const CONNECTION_LOST: &str = "connection-lost";
+
+/// Open `Connect` streams per session.
+#[derive(Debug, Default)]
+pub struct Connections {
+    sessions: Mutex<HashMap<String, Track>>,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    open: usize,
+    /// Changes whenever the session gains or loses its last stream: a grace timer acts only if
+    /// nothing changed since it started.
+    generation: u64,
+}
+
+/// Keeps a stream counted while it lives.
+struct Open {
+    inner: Arc<Inner>,
+    session_id: String,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let last = {
+            let mut sessions = self.inner.connections.sessions.lock().expect("connections");
+            let track = sessions.entry(self.session_id.clone()).or_default();
+            track.open = track.open.saturating_sub(1);
+            track.open == 0
+        };
+        if last {
+            self.inner
+                .connections
+                .disconnected(self.inner.clone(), &self.session_id);
+        }
+    }
+}
+
+impl Connections {
+    fn connected(&self, inner: Arc<Inner>, session_id: &str) -> Open {
+        let mut sessions = self.sessions.lock().expect("connections");
+        let track = sessions.entry(session_id.to_owned()).or_default();
+        track.open += 1;
+        track.generation += 1;
+        Open {
+            inner,
+            session_id: session_id.to_owned(),
+        }
+    }
+
+    /// The session has no stream (any more): its grace period starts now.
+    pub fn disconnected(&self, inner: Arc<Inner>, session_id: &str) {
+        let generation = {
+            let mut sessions = self.sessions.lock().expect("connections");
+            let track = sessions.entry(session_id.to_owned()).or_default();
+            track.generation += 1;
+            track.generation
+        };
+        let session_id = session_id.to_owned();
+        let deadline = inner.clock.now() + inner.grace.as_micros() as i64;
+        tokio::spawn(async move {
+            inner.clock.sleep_until(deadline).await;
+            if inner.connections.still_gone(&session_id, generation) {
+                inner.connection_lost(&session_id, generation).await;
+            }
+        });
+    }
+
+    fn still_gone(&self, session_id: &str, generation: u64) -> bool {
+        self.sessions
+            .lock()
+            .expect("connections")
+            .get(session_id)
+            .is_some_and(|t| t.open == 0 && t.generation == generation)
+    }
+
+    fn forget(&self, session_id: &str) {
+        self.sessions
+            .lock()
+            .expect("connections")
+            .remove(session_id);
+    }
+}
+
+impl Inner {
+    /// Opens a `Connect` stream: the session's events and the ones relayed to its agent, after
+    /// `after`, ending with OK once `SessionDisposed` is delivered.
+    pub fn connect(
+        self: &Arc<Self>,
+        who: &Identity,
+        session: Session,
+        after: u64,
+    ) -> Result<ReceiverStream<Result<Event, Status>>, Failure> {
+        domain::live(&session)?;
+        let head = self.log.head();
+        if after > head {
+            return Err(Failure::new(
+                R::SequenceOutOfRange,
+                format!("after_sequence {after} is beyond the head {head}"),
+            )
+            .with_meta("head", head));
+        }
+        let from = session.created_sequence;
+        let key = Party::agent(&session.agent_id, "").key();
+        let tenant = session.tenant.clone();
+        let session_id = session.session_id.clone();
+        let feed = Feed {
+            log: self.log.clone(),
+            visible: move |e: &LogEntry| {
+                e.sequence >= from && e.tenant == tenant && e.recipients.contains(&key)
+            },
+            ends_after: {
+                let id = session_id.clone();
+                move |e: &LogEntry| domain::ends_session(&e.event, &id)
+            },
+            after: after.max(from.saturating_sub(1)),
+            clock: self.clock.clone(),
+            expires: who.claims.exp.saturating_mul(1_000_000),
+            draining: self.draining.clone(),
+        };
+        let open = self.connections.connected(self.clone(), &session_id);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let _open = open;
+            follow(feed, tx).await;
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// The grace period is over with no stream: Ready channels go Not Ready.
+    async fn connection_lost(self: &Arc<Self>, session_id: &str, generation: u64) {
+        let Some(found) = self.live_session(session_id) else {
+            self.connections.forget(session_id);
+            return;
+        };
+        let _guard = self.lock(&agent_key(&found.tenant, &found.agent_id)).await;
+        if !self.connections.still_gone(session_id, generation) {
+            return;
+        }
+        let Some(mut session) = self.live_session(session_id) else {
+            return;
+        };
+        let actor = Party::system(CONNECTION_LOST);
+        let reason = session.default_not_ready_reason.clone().unwrap_or_default();
+        let ready: Vec<String> = domain::channels(&session)
+            .iter()
+            .filter(|c| c.active && domain::is_ready(c))
+            .map(|c| c.media_type.clone())
+            .collect();
+        for media in ready {
+            let id = derived_id(&format!(
+                "{CONNECTION_LOST}/{session_id}/{generation}/{media}"
+            ));
+            let result = self
+                .switch
+                .set_not_ready(
+                    &session.tenant,
+                    id,
+                    &session.agent_id,
+                    &media,
+                    reason.clone(),
+                    "",
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(session_id, media, error = %e, "connection lost, but the switch could not make the channel Not Ready");
+                continue;
+            }
+            let event =
+                domain::state_changed(&mut session, &media, false, Some(reason.clone()), &actor);
+            if let Err(e) = self
+                .commit(vec![event], Some(session.clone()), None, "")
+                .await
+            {
+                tracing::error!(session_id, error = %e, "connection lost: the change could not be committed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Configuration: command-line flags, each with an environment variable.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "session-service",
+    version,
+    about = "Owns agent sessions: login, channels, Ready / Not Ready and logout."
+)]
+pub struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "IXN_SESSION_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database.
+    #[arg(
+        long,
+        env = "IXN_SESSION_DATA_DIR",
+        default_value = "data/session-service"
+    )]
+    pub data_dir: PathBuf,
+    /// interaction-server's URL.
+    #[arg(
+        long,
+        env = "IXN_INTERACTION_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub interaction_server: String,
+    /// File holding the signing secret shared with interaction-server (`secret`, or lines of
+    /// `kid=secret`); `IXN_JWT_SECRET` wins.
+    #[arg(long, env = "IXN_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// How long a session may have no Connect stream before its Ready channels go Not Ready (ms).
+    #[arg(long, env = "IXN_CONNECTION_LOST_GRACE_MS", default_value_t = 60_000)]
+    pub connection_lost_grace_ms: u64,
+    /// The deadline of each call to interaction-server (ms).
+    #[arg(long, env = "IXN_SWITCH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub switch_timeout_ms: u64,
+}

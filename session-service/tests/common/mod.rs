@@ -1,0 +1,514 @@
+//! Test harness: interaction-server and session-service, both real, on real sockets
+//! (`127.0.0.1:0`, listeners handed in), sharing one manual clock and one signing secret.
+//! Either can be stopped and started again on its data directory.
+
+#![allow(dead_code)]
+
+use interaction_server::domain::{Platform, PlatformConfig};
+use ixn_proto::auth::{self, Claims, Role, Secret};
+use ixn_proto::clock::{Clock, ManualClock};
+use ixn_proto::common::Reason;
+use ixn_proto::error::{Failure, Reason as R};
+use ixn_proto::events::Event;
+use ixn_proto::events::event::Body;
+use ixn_proto::events::event_service_client::EventServiceClient;
+use ixn_proto::events::{EventFilter, SubscribeRequest};
+use ixn_proto::interaction::interaction_service_client::InteractionServiceClient;
+use ixn_proto::interaction::{
+    DeliverRequest, DeliverResponse, Interaction, PullRequest, PullResponse, StopProcessingRequest,
+    StopProcessingResponse, SubmitRequest,
+};
+use ixn_proto::session::session_service_client::SessionServiceClient;
+use ixn_proto::session::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A bound on how long a test waits for something that must happen; reaching it is a failure.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+pub const SECRET: &[u8] = b"test-secret-0123456789abcdef";
+
+pub fn secret() -> Secret {
+    Secret {
+        kid: None,
+        bytes: SECRET.to_vec(),
+    }
+}
+
+/// The platform of most tests: a logout reason is not required; deactivation is supported.
+pub fn platform() -> PlatformConfig {
+    PlatformConfig {
+        default_capacity: Some(10),
+        ..Default::default()
+    }
+}
+
+/// One server task with its shutdown.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.unwrap();
+    }
+}
+
+/// Both services.
+pub struct Stack {
+    pub clock: ManualClock,
+    pub ixn_dir: PathBuf,
+    pub session_dir: PathBuf,
+    pub platform: PlatformConfig,
+    pub ixn: Option<Running>,
+    pub sessions: Option<Running>,
+    /// interaction-server's address stays the same across its restarts (session-service follows it).
+    pub ixn_addr: SocketAddr,
+    pub grace: Duration,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn listener_at(addr: Option<SocketAddr>) -> TcpListener {
+    let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    // A restarted server takes its old port again; the previous socket may linger briefly.
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(platform()).await
+    }
+
+    pub async fn start_with(platform: PlatformConfig) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stack = Stack {
+            clock: ManualClock::starting_now(),
+            ixn_dir: dir.path().join("interaction-server"),
+            session_dir: dir.path().join("session-service"),
+            platform,
+            ixn: None,
+            sessions: None,
+            ixn_addr: "127.0.0.1:0".parse().unwrap(),
+            grace: Duration::from_secs(60),
+            _dir: Some(dir),
+        };
+        stack.start_interaction_server().await;
+        stack.start_session_service().await;
+        stack
+    }
+
+    pub async fn start_interaction_server(&mut self) {
+        let reuse = (self.ixn_addr.port() != 0).then_some(self.ixn_addr);
+        let listener = listener_at(reuse).await;
+        self.ixn_addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let options = interaction_server::server::Options {
+            data_dir: self.ixn_dir.clone(),
+            secrets: vec![secret()],
+            platform: Platform::from_config(&self.platform).unwrap(),
+            clock: Clock::Manual(self.clock.clone()),
+        };
+        let handle = tokio::spawn(async move {
+            interaction_server::server::serve(listener, options, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.ixn = Some(Running {
+            addr: self.ixn_addr,
+            shutdown: Some(tx),
+            handle,
+        });
+    }
+
+    pub async fn stop_interaction_server(&mut self) {
+        if let Some(r) = self.ixn.take() {
+            r.stop().await;
+        }
+    }
+
+    pub async fn start_session_service(&mut self) {
+        let listener = listener_at(self.sessions.as_ref().map(|r| r.addr)).await;
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let options = session_service::server::Options {
+            data_dir: self.session_dir.clone(),
+            secrets: vec![secret()],
+            interaction_server: format!("http://{}", self.ixn_addr),
+            clock: Clock::Manual(self.clock.clone()),
+            connection_lost_grace: self.grace,
+            switch_timeout: Duration::from_secs(2),
+        };
+        let handle = tokio::spawn(async move {
+            session_service::server::serve(listener, options, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        self.sessions = Some(Running {
+            addr,
+            shutdown: Some(tx),
+            handle,
+        });
+    }
+
+    pub async fn stop_session_service(&mut self) -> SocketAddr {
+        let r = self.sessions.take().expect("session-service runs");
+        let addr = r.addr;
+        r.stop().await;
+        addr
+    }
+
+    /// Restarts session-service on the same data directory and port.
+    pub async fn restart_session_service(&mut self) {
+        let addr = self.stop_session_service().await;
+        let listener = listener_at(Some(addr)).await;
+        drop(listener);
+        self.sessions = Some(Running {
+            addr,
+            shutdown: None,
+            handle: tokio::spawn(async {}),
+        });
+        self.start_session_service().await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.sessions.take() {
+            r.stop().await;
+        }
+        self.stop_interaction_server().await;
+    }
+
+    pub fn token(&self, role: Role, sub: &str, tenant: &str, agent: Option<&str>) -> String {
+        let mut claims = Claims::new(role, sub, tenant, self.clock.now() / 1_000_000, 3_600);
+        claims.agent_id = agent.map(str::to_owned);
+        auth::mint(&secret(), &claims)
+    }
+
+    fn channel(addr: SocketAddr) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// A desktop: an agent's client of session-service.
+    pub fn desktop(&self, agent: &str) -> Desktop {
+        let token = self.token(Role::Agent, agent, "t1", Some(agent));
+        Desktop::new(
+            Self::channel(self.sessions.as_ref().unwrap().addr),
+            agent,
+            token,
+        )
+    }
+
+    /// An admin's client of session-service.
+    pub fn session_admin(&self) -> Desktop {
+        let token = self.token(Role::Admin, "ops", "t1", None);
+        Desktop::new(
+            Self::channel(self.sessions.as_ref().unwrap().addr),
+            "",
+            token,
+        )
+    }
+
+    /// A client of interaction-server as `role`.
+    pub fn ixn(&self, role: Role, sub: &str) -> Ixn {
+        let agent = (role == Role::Agent).then_some(sub);
+        let token = self.token(role, sub, "t1", agent);
+        let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+        let channel = Self::channel(self.ixn_addr);
+        Ixn {
+            interactions: InteractionServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            events: EventServiceClient::with_interceptor(channel, bearer),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+pub fn rid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn reason(code: &str) -> Option<Reason> {
+    Some(Reason {
+        code: code.into(),
+        ..Default::default()
+    })
+}
+
+pub fn reason_of(status: &Status) -> R {
+    Failure::from_status(status)
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+        .reason
+}
+
+/// An agent's (or admin's) client of session-service.
+#[derive(Clone)]
+pub struct Desktop {
+    pub agent: String,
+    pub client: SessionServiceClient<Authed>,
+    pub events: EventServiceClient<Authed>,
+}
+
+impl Desktop {
+    fn new(channel: Channel, agent: &str, token: String) -> Desktop {
+        let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+        Desktop {
+            agent: agent.into(),
+            client: SessionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            events: EventServiceClient::with_interceptor(channel, bearer),
+        }
+    }
+
+    pub async fn login(&mut self, media: &[&str], ready: bool) -> Result<Session, Status> {
+        Ok(self
+            .client
+            .login(LoginRequest {
+                request_id: rid(),
+                agent_id: String::new(),
+                place_id: format!("place-{}", self.agent),
+                media_types: media.iter().map(|m| m.to_string()).collect(),
+                ready,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn logout(
+        &mut self,
+        session: &str,
+        why: Option<Reason>,
+    ) -> Result<LogoutResponse, Status> {
+        self.logout_as(&rid(), session, why).await
+    }
+
+    pub async fn logout_as(
+        &mut self,
+        request_id: &str,
+        session: &str,
+        why: Option<Reason>,
+    ) -> Result<LogoutResponse, Status> {
+        Ok(self
+            .client
+            .logout(LogoutRequest {
+                request_id: request_id.into(),
+                session_id: session.into(),
+                reason: why,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get(&mut self, session: &str) -> Result<Session, Status> {
+        Ok(self
+            .client
+            .get_session(GetSessionRequest {
+                session_id: session.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn set_ready(&mut self, session: &str, media: &str) -> Result<Session, Status> {
+        Ok(self
+            .client
+            .set_ready(SetReadyRequest {
+                request_id: rid(),
+                session_id: session.into(),
+                media_type: media.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn connect(&mut self, session: &str, after: u64) -> Stream {
+        let stream = self
+            .client
+            .connect(ConnectRequest {
+                session_id: session.into(),
+                after_sequence: after,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { stream }
+    }
+}
+
+/// A client of interaction-server.
+#[derive(Clone)]
+pub struct Ixn {
+    pub interactions: InteractionServiceClient<Authed>,
+    pub events: EventServiceClient<Authed>,
+}
+
+impl Ixn {
+    pub async fn submit(&mut self, queue: &str, media: &str) -> Interaction {
+        self.interactions
+            .submit(SubmitRequest {
+                request_id: rid(),
+                media_type: media.into(),
+                queue: queue.into(),
+                properties: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .interaction
+            .unwrap()
+    }
+
+    pub async fn pull(&mut self, queue: &str, id: &str) -> PullResponse {
+        self.interactions
+            .pull(PullRequest {
+                request_id: rid(),
+                queue: queue.into(),
+                media_type: String::new(),
+                interaction_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn deliver(&mut self, id: &str, agent: &str) -> Result<DeliverResponse, Status> {
+        Ok(self
+            .interactions
+            .deliver(DeliverRequest {
+                request_id: rid(),
+                interaction_id: id.into(),
+                agent_id: agent.into(),
+                timeout_ms: 0,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn stop(&mut self, id: &str) -> StopProcessingResponse {
+        self.interactions
+            .stop_processing(StopProcessingRequest {
+                request_id: rid(),
+                interaction_id: id.into(),
+                reason: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn subscribe(&mut self, after: u64) -> Stream {
+        let stream = self
+            .events
+            .subscribe(SubscribeRequest {
+                after_sequence: after,
+                from_head: false,
+                filter: Some(EventFilter::default()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { stream }
+    }
+}
+
+/// An open event stream.
+pub struct Stream {
+    pub stream: tonic::Streaming<Event>,
+}
+
+impl Stream {
+    /// The next event, `Ok(None)` when the stream ended with OK; failing after [`PATIENCE`].
+    pub async fn next(&mut self) -> Result<Option<Event>, Status> {
+        match tokio::time::timeout(PATIENCE, self.stream.message()).await {
+            Ok(result) => result,
+            Err(_) => panic!("no event within {PATIENCE:?}"),
+        }
+    }
+
+    /// Events until one of `kind` (included).
+    pub async fn until(&mut self, kind: &str) -> Vec<Event> {
+        let mut seen = Vec::new();
+        loop {
+            let e = self
+                .next()
+                .await
+                .expect("stream failed")
+                .unwrap_or_else(|| panic!("stream ended before {kind}; saw {:?}", kinds(&seen)));
+            let done = kind_of(&e) == kind;
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Every event until the stream ends with OK.
+    pub async fn drain_to_end(&mut self) -> Vec<Event> {
+        let mut seen = Vec::new();
+        while let Some(e) = self.next().await.expect("stream failed") {
+            seen.push(e);
+        }
+        seen
+    }
+}
+
+pub fn kind_of(e: &Event) -> &'static str {
+    ixn_proto::event::kind(e.body.as_ref().unwrap())
+}
+
+pub fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(kind_of).collect()
+}
+
+pub fn is(e: &Event, kind: &str) -> bool {
+    e.body
+        .as_ref()
+        .is_some_and(|b| ixn_proto::event::kind(b) == kind)
+}
+
+pub fn body(e: &Event) -> &Body {
+    e.body.as_ref().unwrap()
+}
+
+/// The data directories, for tests that look at the store.
+pub fn dirs(stack: &Stack) -> (&Path, &Path) {
+    (&stack.ixn_dir, &stack.session_dir)
+}
