@@ -62,11 +62,17 @@ impl SwitchError {
         }
     }
 
-    /// A fault injected by a test (`failpoints` feature).
+    /// A fault injected by a test (`failpoints` feature): `unreachable`, `ongoing` (the switch
+    /// refuses a logout with ONGOING_INTERACTION, as when an interaction arrived after step 1), or
+    /// anything else for a plain refusal.
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     fn injected(arg: Option<String>) -> SwitchError {
         match arg.as_deref() {
             Some("unreachable") => SwitchError::Unreachable("fault injected".into()),
+            Some("ongoing") => SwitchError::Refused(
+                Failure::new(R::OngoingInteraction, "fault injected")
+                    .with_meta("interaction_ids", "injected"),
+            ),
             _ => SwitchError::Refused(Failure::new(R::InvalidState, "fault injected")),
         }
     }

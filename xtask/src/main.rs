@@ -61,11 +61,12 @@ fn ci() -> Result<(), String> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace", "--all-features"]))
 }
 
 /// The shared signing secret of a local deployment, generated once into `data/jwt-secret`.
