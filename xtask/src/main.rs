@@ -1,7 +1,9 @@
 //! `cargo xtask …`: the one entry point for what a contributor runs.
 //!
-//! - `up`: builds and runs the services on the embedded default (SQLite under `data/`), sharing one
-//!   signing secret, and prints their addresses and how to mint a token.
+//! - `up`: builds and runs both services on the embedded default (SQLite under `data/`), sharing
+//!   one signing secret, and prints their addresses and how to mint a token.
+//! - `demo`: plays every seed flow against both services on a fresh data directory, printing what
+//!   each party saw; fails on any difference from the seeds.
 //! - `ci`: what CI runs: formatting, lints, every test.
 //!
 //! Deliberately dependency-free: it only drives `cargo` and the built binaries.
@@ -10,15 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const INTERACTION_SERVER_ADDR: &str = "127.0.0.1:50051";
+const SESSION_SERVICE_ADDR: &str = "127.0.0.1:50052";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => up(),
         Some("ci") => ci(),
+        Some("demo") => demo(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|ci>\n  up  run the services on the embedded default (SQLite in data/)\n  ci  formatting, lints and every test, as CI runs them"
+                "usage: cargo xtask <up|demo|ci>\n  up    run both services on the embedded default (SQLite in data/)\n  demo  play every seed flow against both services; fails on any difference\n  ci    formatting, lints and every test, as CI runs them"
             );
             return ExitCode::from(2);
         }
@@ -69,6 +73,24 @@ fn ci() -> Result<(), String> {
     run(cargo().args(["test", "--workspace", "--all-features"]))
 }
 
+fn demo() -> Result<(), String> {
+    run(cargo().args(["build", "-p", "interaction-server", "-p", "session-service"]))?;
+    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("debug");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "session-service",
+            "--example",
+            "demo",
+        ])
+        .env("IXN_DEMO_BIN_DIR", bin_dir))
+}
+
 /// The shared signing secret of a local deployment, generated once into `data/jwt-secret`.
 fn local_secret(data: &Path) -> Result<String, String> {
     let path = data.join("jwt-secret");
@@ -89,29 +111,83 @@ fn up() -> Result<(), String> {
     let root = root();
     let data = root.join("data");
     let secret = local_secret(&data)?;
-    run(cargo().args(["build", "--release", "-p", "interaction-server"]))?;
-    let bin = root.join("target/release/interaction-server");
-    let data_dir = data.join("interaction-server");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "interaction-server",
+        "-p",
+        "session-service",
+    ]))?;
+    let bin = |name: &str| root.join("target/release").join(name);
+    let ixn_dir = data.join("interaction-server");
+    let session_dir = data.join("session-service");
+    let mut ixn = Command::new(bin("interaction-server"))
+        .args(["--listen", INTERACTION_SERVER_ADDR, "--data-dir"])
+        .arg(&ixn_dir)
+        .env("IXN_JWT_SECRET", &secret)
+        .spawn()
+        .map_err(|e| format!("interaction-server: {e}"))?;
+    let sessions = Command::new(bin("session-service"))
+        .args(["--listen", SESSION_SERVICE_ADDR, "--data-dir"])
+        .arg(&session_dir)
+        .args([
+            "--interaction-server",
+            &format!("http://{INTERACTION_SERVER_ADDR}"),
+        ])
+        .env("IXN_JWT_SECRET", &secret)
+        .spawn();
+    let mut sessions = match sessions {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = ixn.kill();
+            return Err(format!("session-service: {e}"));
+        }
+    };
     println!(
-        "interaction-server: grpc://{INTERACTION_SERVER_ADDR} (data in {})",
-        data_dir.display()
+        "interaction-server: grpc://{INTERACTION_SERVER_ADDR}  (data in {})",
+        ixn_dir.display()
     );
-    println!("mint a token (roles: media_server, agent, router, reporter, service, admin):");
+    println!(
+        "session-service:    grpc://{SESSION_SERVICE_ADDR}  (data in {})",
+        session_dir.display()
+    );
+    println!(
+        "both share the signing secret in {}; mint a token with:",
+        data.join("jwt-secret").display()
+    );
     println!(
         "  IXN_JWT_SECRET=$(cat {}) {} token --role agent --agent-id a1 --tenant t1",
         data.join("jwt-secret").display(),
-        bin.display()
+        bin("interaction-server").display()
     );
-    println!("Ctrl-C stops it.");
-    let status = Command::new(&bin)
-        .args(["--listen", INTERACTION_SERVER_ADDR, "--data-dir"])
-        .arg(&data_dir)
-        .env("IXN_JWT_SECRET", secret)
-        .status()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("interaction-server exited: {status}"))
+    println!("(roles: media_server, agent, router, reporter, service, admin). Ctrl-C stops both.");
+    // Ctrl-C reaches both children (same process group); if one stops on its own, stop the other.
+    loop {
+        let ixn_done = ixn.try_wait().map_err(|e| e.to_string())?;
+        let sessions_done = sessions.try_wait().map_err(|e| e.to_string())?;
+        match (ixn_done, sessions_done) {
+            (Some(a), Some(b)) => {
+                return if a.success() && b.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "interaction-server exited {a}, session-service exited {b}"
+                    ))
+                };
+            }
+            (Some(_), None) => terminate(&mut sessions),
+            (None, Some(_)) => terminate(&mut ixn),
+            (None, None) => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Asks a child to drain (SIGTERM), as Kubernetes would.
+fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
