@@ -223,14 +223,7 @@ type Pending = (
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
             self.run_batch(batch);
         }
     }
@@ -319,7 +312,7 @@ impl Writer {
                     (s, None)
                 }
             };
-            let method = submission.command_name();
+            let method = submission.command.name();
             let caller = &submission.caller;
             if !submission.request_id.is_empty()
                 && let Some(done) =
@@ -530,30 +523,6 @@ fn answer(
             Answer::Agent(agent)
         }
         _ => Answer::Nothing,
-    }
-}
-
-impl Submission {
-    /// The method name that, with tenant, caller and request id, keys the recorded outcome.
-    fn command_name(&self) -> &'static str {
-        match self.command {
-            Command::Submit { .. } => "Submit",
-            Command::Pull { .. } => "Pull",
-            Command::Deliver { .. } => "Deliver",
-            Command::Accept { .. } => "Accept",
-            Command::Reject { .. } => "Reject",
-            Command::StopProcessing { .. } => "StopProcessing",
-            Command::PlaceInQueue { .. } => "PlaceInQueue",
-            Command::ChangeProperties { .. } => "ChangeProperties",
-            Command::ExpireInvites => "ExpireInvites",
-            Command::AgentLogin { .. } => "AgentService.Login",
-            Command::AgentLogout { .. } => "AgentService.Logout",
-            Command::AddMedia { .. } => "AddMedia",
-            Command::RemoveMedia { .. } => "RemoveMedia",
-            Command::SetReady { .. } => "SetReady",
-            Command::SetNotReady { .. } => "SetNotReady",
-            Command::ChangeMediaStateReason { .. } => "ChangeMediaStateReason",
-        }
     }
 }
 

@@ -68,7 +68,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             platform,
             clock: Clock::System,
         };
-        match server::serve(listener, options, shutdown_signal()).await {
+        match server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("interaction-server: {e}");
@@ -76,22 +76,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
-}
-
-/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C) both drain.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn token(args: TokenArgs) -> ExitCode {

@@ -13,7 +13,8 @@
 //! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
 //!   feeds one stream.
 //! - [`subscribe`]: `EventService.Subscribe` over a service's log.
-//! - [`hosting`]: health, reflection, listener settings and the bounded drain of both servers.
+//! - [`hosting`]: health, reflection, listener settings, signals and the bounded drain of both servers.
+//! - [`trace`]: trace context carried from calls into events.
 
 #![forbid(unsafe_code)]
 
@@ -59,4 +60,5 @@ pub mod log;
 pub mod party;
 pub mod sqlite;
 pub mod subscribe;
+pub mod trace;
 pub mod validate;

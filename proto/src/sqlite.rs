@@ -66,6 +66,42 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The next batch for a writer thread: waits for one item, then takes whatever else is already
+/// waiting, up to `max` (group commit). `None` once every sender is gone.
+pub fn next_batch<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = rx.blocking_recv()?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The recorded outcome of a request, on any connection (the writer's transaction or a reader).
+fn lookup_request(
+    conn: &Connection,
+    tenant: &str,
+    subject: &str,
+    method: &str,
+    request_id: &str,
+) -> Result<Option<StoredRequest>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT fingerprint, response FROM requests
+             WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
+        )?
+        .query_row(params![tenant, subject, method, request_id], |r| {
+            Ok(StoredRequest {
+                fingerprint: r.get(0)?,
+                response: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
 /// A recorded outcome of a request.
 #[derive(Clone, Debug)]
 pub struct StoredRequest {
@@ -187,18 +223,7 @@ impl Batch<'_> {
         method: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT fingerprint, response FROM requests
-             WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
-        )?;
-        Ok(stmt
-            .query_row(params![tenant, subject, method, request_id], |r| {
-                Ok(StoredRequest {
-                    fingerprint: r.get(0)?,
-                    response: r.get(1)?,
-                })
-            })
-            .optional()?)
+        lookup_request(&self.tx, tenant, subject, method, request_id)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -331,19 +356,7 @@ impl Readers {
         method: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StoreError> {
-        self.with(|c| {
-            Ok(c.prepare_cached(
-                "SELECT fingerprint, response FROM requests
-                 WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
-            )?
-            .query_row(params![tenant, subject, method, request_id], |r| {
-                Ok(StoredRequest {
-                    fingerprint: r.get(0)?,
-                    response: r.get(1)?,
-                })
-            })
-            .optional()?)
-        })
+        self.with(|c| lookup_request(c, tenant, subject, method, request_id))
     }
 
     /// Up to `limit` events after `after`, in sequence order.

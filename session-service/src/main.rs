@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             connection_lost_grace: Duration::from_millis(cli.connection_lost_grace_ms),
             switch_timeout: Duration::from_millis(cli.switch_timeout_ms),
         };
-        match server::serve(listener, options, shutdown_signal()).await {
+        match server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("session-service: {e}");
@@ -79,20 +79,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C) both drain.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -141,14 +141,7 @@ struct Thread {
 
 impl Thread {
     fn run(mut self, mut rx: mpsc::Receiver<(Commit, Reply)>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
             self.run_batch(batch);
         }
     }

@@ -1,12 +1,13 @@
 //! `AgentService`: agents' media state, the "switch" session-service logs agents in and out at.
 
-use super::{Api, caller, status, traceparent};
+use super::{Api, caller, status};
 use crate::domain::Command;
 use crate::store::Reads;
 use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::Failure;
 use ixn_proto::interaction::agent_service_server::AgentService;
 use ixn_proto::interaction::*;
+use ixn_proto::trace::traceparent;
 use ixn_proto::validate::{self, fingerprint};
 use tonic::{Request, Response, Status};
 

@@ -1,6 +1,6 @@
 //! `InteractionService`: the lifecycle of interactions and who processes them.
 
-use super::{Api, caller, status, traceparent};
+use super::{Api, caller, status};
 use crate::domain::{Command, Phase, party_key};
 use crate::limits;
 use crate::store::{Reads, Visibility};
@@ -8,6 +8,7 @@ use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::interaction::interaction_service_server::InteractionService;
 use ixn_proto::interaction::*;
+use ixn_proto::trace::traceparent;
 use ixn_proto::validate::{self, fingerprint};
 use tonic::{Request, Response, Status};
 

@@ -12,7 +12,7 @@ use ixn_proto::auth::Identity;
 use ixn_proto::error::Failure;
 use ixn_proto::validate;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 
 pub use ixn_proto::subscribe::Events;
 
@@ -73,17 +73,6 @@ fn caller(identity: &Identity) -> Result<Caller, Failure> {
         sub: identity.claims.sub.clone(),
         agent_id: identity.claims.agent_id.clone(),
     })
-}
-
-/// The caller's W3C trace context, carried into the events the call produces.
-fn traceparent<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn status(e: impl Into<Error>) -> Status {

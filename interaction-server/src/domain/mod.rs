@@ -122,6 +122,28 @@ pub enum Command {
 }
 
 impl Command {
+    /// The method that, with tenant, caller and request id, keys the command's recorded outcome.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Submit { .. } => "Submit",
+            Command::Pull { .. } => "Pull",
+            Command::Deliver { .. } => "Deliver",
+            Command::Accept { .. } => "Accept",
+            Command::Reject { .. } => "Reject",
+            Command::StopProcessing { .. } => "StopProcessing",
+            Command::PlaceInQueue { .. } => "PlaceInQueue",
+            Command::ChangeProperties { .. } => "ChangeProperties",
+            Command::ExpireInvites => "ExpireInvites",
+            Command::AgentLogin { .. } => "AgentService.Login",
+            Command::AgentLogout { .. } => "AgentService.Logout",
+            Command::AddMedia { .. } => "AddMedia",
+            Command::RemoveMedia { .. } => "RemoveMedia",
+            Command::SetReady { .. } => "SetReady",
+            Command::SetNotReady { .. } => "SetNotReady",
+            Command::ChangeMediaStateReason { .. } => "ChangeMediaStateReason",
+        }
+    }
+
     /// The interaction the command names, if it names one (the store loads it before deciding).
     pub fn interaction_id(&self) -> Option<Uuid> {
         match self {
@@ -384,13 +406,7 @@ pub fn decide(
             reason,
         } => {
             let i = state.live(&caller.tenant, *interaction_id)?;
-            let entitled = match caller.role {
-                Role::Admin => true,
-                Role::MediaServer => i.submitted_by == out.actor,
-                Role::Agent | Role::Router => i.owned_by(&out.actor),
-                _ => false,
-            };
-            if !entitled {
+            if !may_change(caller, i, &out.actor) {
                 return Err(DomainError::NotOwner(i.id));
             }
             out.release(i, CAUSE_STOPPED, reason.as_ref());
@@ -431,13 +447,7 @@ pub fn decide(
             deleted,
         } => {
             let i = state.live(&caller.tenant, *interaction_id)?;
-            let entitled = match caller.role {
-                Role::Admin => true,
-                Role::MediaServer => i.submitted_by == out.actor,
-                Role::Agent | Role::Router => i.owned_by(&out.actor),
-                _ => false,
-            };
-            if !entitled {
+            if !may_change(caller, i, &out.actor) {
                 return Err(DomainError::NotOwner(i.id));
             }
             let mut after = i.properties.clone();
@@ -679,6 +689,17 @@ impl Out {
             }
             self.report(party_removed(i.id, owner.clone()));
         }
+    }
+}
+
+/// Who may stop an interaction or change its properties: an admin, its submitting media server, or
+/// its owner.
+fn may_change(caller: &Caller, i: &Interaction, actor: &Party) -> bool {
+    match caller.role {
+        Role::Admin => true,
+        Role::MediaServer => i.submitted_by == *actor,
+        Role::Agent | Role::Router => i.owned_by(actor),
+        _ => false,
     }
 }
 

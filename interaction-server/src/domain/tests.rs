@@ -216,28 +216,6 @@ fn change_reason(agent_id: &str, media: &str, reason: Reason) -> Command {
     }
 }
 
-/// The command's variant name.
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Submit { .. } => "Submit",
-        Command::Pull { .. } => "Pull",
-        Command::Deliver { .. } => "Deliver",
-        Command::Accept { .. } => "Accept",
-        Command::Reject { .. } => "Reject",
-        Command::StopProcessing { .. } => "StopProcessing",
-        Command::PlaceInQueue { .. } => "PlaceInQueue",
-        Command::ChangeProperties { .. } => "ChangeProperties",
-        Command::ExpireInvites => "ExpireInvites",
-        Command::AgentLogin { .. } => "AgentLogin",
-        Command::AgentLogout { .. } => "AgentLogout",
-        Command::AddMedia { .. } => "AddMedia",
-        Command::RemoveMedia { .. } => "RemoveMedia",
-        Command::SetReady { .. } => "SetReady",
-        Command::SetNotReady { .. } => "SetNotReady",
-        Command::ChangeMediaStateReason { .. } => "ChangeMediaStateReason",
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading events
 // ---------------------------------------------------------------------------------------------
@@ -2393,7 +2371,7 @@ fn play(platform: Platform, ops: &[Op], coverage: &mut Coverage) -> Result<(), T
             .and_then(|id| before.interactions.get(&id))
             .map(|i| i.phase);
         let result = w.run(&caller, &command);
-        let entry = coverage.outcomes.entry(command_name(&command)).or_default();
+        let entry = coverage.outcomes.entry(command.name()).or_default();
         match &result {
             Err(_) => {
                 entry.1 += 1;
@@ -2615,8 +2593,8 @@ fn the_random_commands_reach_every_outcome() {
         "StopProcessing",
         "PlaceInQueue",
         "ChangeProperties",
-        "AgentLogin",
-        "AgentLogout",
+        "AgentService.Login",
+        "AgentService.Logout",
         "AddMedia",
         "RemoveMedia",
         "SetReady",

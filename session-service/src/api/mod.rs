@@ -208,17 +208,6 @@ impl RequestKey {
     }
 }
 
-/// The caller's W3C trace context.
-pub fn traceparent<T>(request: &tonic::Request<T>) -> String {
-    request
-        .metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// The namespace of derived request ids.
 const DERIVED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x6a1c_7f3e_2b4d_4e5f_9a8b_7c6d_5e4f_3a2b);
 

@@ -1,7 +1,7 @@
 //! `SessionService`: login, Ready / Not Ready, channel (de)activation, the Logout use case, and
 //! `Connect`.
 
-use super::{Api, Inner, RequestKey, traceparent};
+use super::{Api, Inner, RequestKey};
 use crate::domain::{self, agent_key};
 use crate::error::Error;
 use crate::switch::SwitchError;
@@ -12,6 +12,7 @@ use ixn_proto::error::{Failure, Reason as R};
 use ixn_proto::events::Event;
 use ixn_proto::session::session_service_server::SessionService;
 use ixn_proto::session::*;
+use ixn_proto::trace::traceparent;
 use ixn_proto::validate;
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
