@@ -365,62 +365,64 @@ impl Mirror {
     /// The mirror changes an interaction-server event makes.
     pub fn changes(event: &Event) -> Vec<MirrorChange> {
         let tenant = &event.tenant;
-        let agent = |p: Option<&Party>| p.and_then(Party::agent_id).map(|a| agent_key(tenant, a));
+        // The change for `party` (if an agent) now holding, or no longer holding, `interaction`.
+        let hold = |party: Option<&Party>, interaction: &str, held: bool| {
+            let agent = agent_key(tenant, party?.agent_id()?);
+            let interaction = interaction.to_owned();
+            Some(if held {
+                MirrorChange::Hold { agent, interaction }
+            } else {
+                MirrorChange::Release { agent, interaction }
+            })
+        };
+        let invited = |a: &Option<ixn_proto::common::AgentParty>| a.clone().map(Party::from);
         let Some(body) = &event.body else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        let mut hold = |who: Option<AgentKey>, id: &str, held: bool| {
-            if let Some(agent) = who {
-                let interaction = id.to_owned();
-                out.push(if held {
-                    MirrorChange::Hold { agent, interaction }
-                } else {
-                    MirrorChange::Release { agent, interaction }
-                });
-            }
+        let media = |i: &ixn_proto::interaction::Interaction| MirrorChange::Media {
+            interaction: i.interaction_id.clone(),
+            media: i.media_type.clone(),
         };
         match body {
-            Body::InteractionSubmitted(b) => {
-                if let Some(i) = &b.interaction {
-                    let media = MirrorChange::Media {
-                        interaction: i.interaction_id.clone(),
-                        media: i.media_type.clone(),
-                    };
-                    return vec![media];
-                }
-            }
-            Body::Invite(b) => {
-                if let Some(i) = &b.interaction {
-                    return vec![MirrorChange::Media {
-                        interaction: i.interaction_id.clone(),
-                        media: i.media_type.clone(),
-                    }];
-                }
-            }
-            Body::PartyAdded(b) => hold(agent(b.party.as_ref()), &b.interaction_id, true),
-            Body::PartyRemoved(b) => hold(agent(b.party.as_ref()), &b.interaction_id, false),
-            Body::AgentInvited(b) => {
-                let who = b.agent.clone().map(Party::from);
-                hold(agent(who.as_ref()), &b.interaction_id, true);
-            }
+            Body::InteractionSubmitted(b) => b.interaction.iter().map(media).collect(),
+            // The directed events say as much as their reporting companions (AgentInvited,
+            // PartyRemoved) and arrive first: the mirror does not depend on both being relayed
+            // in one batch.
+            Body::Invite(b) => match &b.interaction {
+                Some(i) => [
+                    Some(media(i)),
+                    hold(event.to.first(), &i.interaction_id, true),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                None => Vec::new(),
+            },
+            Body::Revoked(b) => hold(event.to.first(), &b.interaction_id, false)
+                .into_iter()
+                .collect(),
+            Body::PartyAdded(b) => hold(b.party.as_ref(), &b.interaction_id, true)
+                .into_iter()
+                .collect(),
+            Body::PartyRemoved(b) => hold(b.party.as_ref(), &b.interaction_id, false)
+                .into_iter()
+                .collect(),
+            Body::AgentInvited(b) => hold(invited(&b.agent).as_ref(), &b.interaction_id, true)
+                .into_iter()
+                .collect(),
             Body::InviteEnded(b) if b.outcome() != InviteOutcome::Accepted => {
-                let who = b.agent.clone().map(Party::from);
-                hold(agent(who.as_ref()), &b.interaction_id, false);
+                hold(invited(&b.agent).as_ref(), &b.interaction_id, false)
+                    .into_iter()
+                    .collect()
             }
-            Body::Rejected(b) => {
-                let who = b.agent.clone().map(Party::from);
-                hold(agent(who.as_ref()), &b.interaction_id, false);
-            }
-            Body::Revoked(b) if !b.ticket_id.is_empty() => {
-                hold(agent(event.to.first()), &b.interaction_id, false);
-            }
-            Body::ProcessingStopped(b) => out.push(MirrorChange::Forget {
+            Body::Rejected(b) => hold(invited(&b.agent).as_ref(), &b.interaction_id, false)
+                .into_iter()
+                .collect(),
+            Body::ProcessingStopped(b) => vec![MirrorChange::Forget {
                 interaction: b.interaction_id.clone(),
-            }),
-            _ => {}
+            }],
+            _ => Vec::new(),
         }
-        out
     }
 
     pub fn apply(&mut self, change: &MirrorChange) {

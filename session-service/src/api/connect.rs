@@ -190,7 +190,7 @@ impl Inner {
             let event =
                 domain::state_changed(&mut session, &media, false, Some(reason.clone()), &actor);
             if let Err(e) = self
-                .commit(vec![event], Some(session.clone()), None, "")
+                .commit(vec![event], Some(session.clone()), None, None, "")
                 .await
             {
                 tracing::error!(session_id, error = %e, "connection lost: the change could not be committed");

@@ -143,30 +143,31 @@ impl Inner {
         }
     }
 
-    /// Commits events (and the session as they leave it), durable before this returns.
+    /// Commits events (and the session as they leave it), durable before this returns. The events
+    /// carry `request`'s id as their correlation id; `record` says what outcome to keep for
+    /// retries — none for one step of a longer request (a Logout's steps 3 and 4), which may still
+    /// fail, and a failure is not recorded.
     pub async fn commit(
         &self,
         events: Vec<Emitted>,
         session: Option<Session>,
-        outcome: Option<(&RequestKey, Response)>,
+        request: Option<&RequestKey>,
+        record: Option<Response>,
         trace: &str,
     ) -> Result<Committed, Error> {
-        let correlation_id = outcome
-            .as_ref()
-            .map(|(k, _)| k.request_id.clone())
-            .unwrap_or_default();
+        let outcome = request.zip(record).map(|(k, response)| Outcome {
+            tenant: k.tenant.clone(),
+            subject: k.subject.clone(),
+            method: k.method,
+            request_id: k.request_id.clone(),
+            fingerprint: k.fingerprint.clone(),
+            response,
+        });
         let commit = Commit {
             events,
             session,
-            outcome: outcome.map(|(k, response)| Outcome {
-                tenant: k.tenant.clone(),
-                subject: k.subject.clone(),
-                method: k.method,
-                request_id: k.request_id.clone(),
-                fingerprint: k.fingerprint.clone(),
-                response,
-            }),
-            correlation_id,
+            outcome,
+            correlation_id: request.map(|k| k.request_id.clone()).unwrap_or_default(),
             traceparent: trace.to_owned(),
             ..Default::default()
         };

@@ -125,7 +125,8 @@ impl Inner {
             .commit(
                 events,
                 Some(session),
-                Some((&key, Recorded::Session)),
+                Some(&key),
+                Some(Recorded::Session),
                 trace,
             )
             .await?;
@@ -320,7 +321,8 @@ impl SessionService for Api {
             .commit(
                 events,
                 Some(session),
-                Some((&key, Recorded::Session)),
+                Some(&key),
+                Some(Recorded::Session),
                 &trace,
             )
             .await?;
@@ -386,7 +388,7 @@ impl SessionService for Api {
                 &actor,
             );
             inner
-                .commit(vec![event], Some(session.clone()), None, &trace)
+                .commit(vec![event], Some(session.clone()), Some(&key), None, &trace)
                 .await?;
         }
 
@@ -406,7 +408,7 @@ impl SessionService for Api {
                 session.state = SessionState::LoggingOut as i32;
                 let event = domain::activation_changed(&mut session, &media, false, None, &actor);
                 inner
-                    .commit(vec![event], Some(session.clone()), None, &trace)
+                    .commit(vec![event], Some(session.clone()), Some(&key), None, &trace)
                     .await?;
             }
         }
@@ -437,13 +439,10 @@ impl SessionService for Api {
                 return Err(failure.into());
             }
             Err(e) => {
-                let code = match e {
-                    SwitchError::Unreachable(_) => Code::Unavailable,
-                    SwitchError::Refused(_) => Code::Aborted,
-                };
+                let switch = e.reason().map(R::as_str).unwrap_or("unreachable");
                 return Err(Failure::new(R::SwitchLogoutFailed, e.to_string())
-                    .with_code(code)
                     .with_meta("session_id", &session.session_id)
+                    .with_meta("switch", switch)
                     .into());
             }
         }
@@ -455,7 +454,8 @@ impl SessionService for Api {
             .commit(
                 events,
                 Some(session),
-                Some((&key, Recorded::Logout)),
+                Some(&key),
+                Some(Recorded::Logout),
                 &trace,
             )
             .await?;
