@@ -114,6 +114,7 @@ impl Inner {
         F: FnOnce(Session) -> Fut,
         Fut: std::future::Future<Output = Result<(Session, Vec<domain::Emitted>), Error>>,
     {
+        validate::uuid("session_id", session_id)?;
         let found = self.session_for(who, session_id).await?;
         let _guard = self.lock(&agent_key(&found.tenant, &found.agent_id)).await;
         if let Some(bytes) = self.recorded(&key).await? {
@@ -361,9 +362,10 @@ impl SessionService for Api {
         let plan = domain::plan_logout(&session, &held, r.reason.as_ref())?;
 
         // Step 3: every Ready channel goes Not Ready at the switch, each durable before the next.
+        // (A deactivated channel has no state at the switch any more.)
         let ready: Vec<String> = domain::channels(&session)
             .iter()
-            .filter(|c| domain::is_ready(c))
+            .filter(|c| c.active && domain::is_ready(c))
             .map(|c| c.media_type.clone())
             .collect();
         for media in ready {
