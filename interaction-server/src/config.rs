@@ -3,6 +3,7 @@
 
 use crate::domain::{Platform, PlatformConfig};
 use clap::{Args, Parser, Subcommand};
+use ixn_proto::hosting::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ pub struct ServeArgs {
     /// TOML configuration file (a `[platform]` table: reasons, media, capacities, invite timeout).
     #[arg(long, env = "IXN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log format; `RUST_LOG` filters what is logged.
+    #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Args)]

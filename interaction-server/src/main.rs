@@ -11,12 +11,6 @@ use std::process::ExitCode;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(args),
@@ -26,6 +20,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    ixn_proto::hosting::init_logs(args.log_format);
     let platform = match config::platform(args.config.as_ref()) {
         Ok(p) => p,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each with an environment variable.
 
 use clap::Parser;
+use ixn_proto::hosting::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -38,4 +39,7 @@ pub struct Cli {
     /// The deadline of each call to interaction-server (ms).
     #[arg(long, env = "IXN_SWITCH_TIMEOUT_MS", default_value_t = 5_000)]
     pub switch_timeout_ms: u64,
+    /// Log format; `RUST_LOG` filters what is logged.
+    #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }

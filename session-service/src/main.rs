@@ -12,13 +12,8 @@ use std::time::Duration;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    ixn_proto::hosting::init_logs(cli.log_format);
     if !cli.interaction_server.starts_with("http://")
         && !cli.interaction_server.starts_with("https://")
     {
