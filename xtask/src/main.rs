@@ -5,6 +5,9 @@
 //! - `demo`: plays every seed flow against both services on a fresh data directory, printing what
 //!   each party saw; fails on any difference from the seeds.
 //! - `ci`: what CI runs: formatting, lints, every test.
+//! - `bench [--quick]`: builds the release binaries and runs the benchmark harness
+//!   (`session-service/examples/bench.rs`) against them; writes `target/bench/report.json` and
+//!   `target/bench/report.md`. `--quick` is the short run for CI, so the harness never rots.
 //!
 //! Deliberately dependency-free: it only drives `cargo` and the built binaries.
 
@@ -20,9 +23,10 @@ fn main() -> ExitCode {
         Some("up") => up(),
         Some("ci") => ci(),
         Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|demo|ci>\n  up    run both services on the embedded default (SQLite in data/)\n  demo  play every seed flow against both services; fails on any difference\n  ci    formatting, lints and every test, as CI runs them"
+                "usage: cargo xtask <up|demo|ci|bench>\n  up     run both services on the embedded default (SQLite in data/)\n  demo   play every seed flow against both services; fails on any difference\n  ci     formatting, lints and every test, as CI runs them\n  bench  [--quick] measure both services (release builds); report in target/bench/"
             );
             return ExitCode::from(2);
         }
@@ -89,6 +93,39 @@ fn demo() -> Result<(), String> {
             "demo",
         ])
         .env("IXN_DEMO_BIN_DIR", bin_dir))
+}
+
+/// The benchmark harness against the release binaries. Arguments go to the harness (`--quick`,
+/// `--only …`); the report goes to `target/bench/` unless `--out` says otherwise.
+fn bench(args: &[String]) -> Result<(), String> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "interaction-server",
+        "-p",
+        "session-service",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "session-service",
+        "--example",
+        "bench",
+        "--",
+    ]);
+    if !args.iter().any(|a| a == "--out") {
+        cmd.arg("--out").arg(target.join("bench"));
+    }
+    run(cmd
+        .args(args)
+        .env("IXN_BENCH_BIN_DIR", target.join("release")))
 }
 
 /// The shared signing secret of a local deployment, generated once into `data/jwt-secret`.
