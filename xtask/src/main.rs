@@ -78,11 +78,8 @@ fn ci() -> Result<(), String> {
 }
 
 fn demo() -> Result<(), String> {
-    run(cargo().args(["build", "-p", "interaction-server", "-p", "session-service"]))?;
-    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-        .join("debug");
+    build_services(false)?;
+    let bin_dir = target_dir().join("debug");
     run(cargo()
         .args([
             "run",
@@ -98,17 +95,8 @@ fn demo() -> Result<(), String> {
 /// The benchmark harness against the release binaries. Arguments go to the harness (`--quick`,
 /// `--only …`); the report goes to `target/bench/` unless `--out` says otherwise.
 fn bench(args: &[String]) -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "interaction-server",
-        "-p",
-        "session-service",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    build_services(true)?;
+    let target = target_dir();
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -126,6 +114,23 @@ fn bench(args: &[String]) -> Result<(), String> {
     run(cmd
         .args(args)
         .env("IXN_BENCH_BIN_DIR", target.join("release")))
+}
+
+/// Builds both services' binaries.
+fn build_services(release: bool) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd.args(["-p", "interaction-server", "-p", "session-service"]))
+}
+
+/// Where cargo puts what it builds.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// The shared signing secret of a local deployment, generated once into `data/jwt-secret`.
@@ -148,15 +153,8 @@ fn up() -> Result<(), String> {
     let root = root();
     let data = root.join("data");
     let secret = local_secret(&data)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "interaction-server",
-        "-p",
-        "session-service",
-    ]))?;
-    let bin = |name: &str| root.join("target/release").join(name);
+    build_services(true)?;
+    let bin = |name: &str| target_dir().join("release").join(name);
     let ixn_dir = data.join("interaction-server");
     let session_dir = data.join("session-service");
     let mut ixn = Command::new(bin("interaction-server"))
