@@ -8,19 +8,19 @@
 //! one seen). The switch's own view of the agent is read with `AgentService.GetAgent` as role
 //! `service`. Nothing sleeps: waits are on streams, bounded by the harness's `PATIENCE`.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use interaction_server::domain::{PlatformConfig, ReasonConfig};
 use ixn_proto::auth::Role;
 use ixn_proto::common::{AgentState, Party};
-use ixn_proto::error::{Failure, Reason as R};
+use ixn_proto::error::Reason as R;
 use ixn_proto::events::event::Body;
 use ixn_proto::events::{Event, SubscribeRequest};
-use ixn_proto::interaction::agent_service_client::AgentServiceClient;
-use ixn_proto::interaction::{AcceptRequest, Agent, AgentMedia, GetAgentRequest};
-use ixn_proto::session::{Channel, Session, SessionState};
-use tonic::{Code, Status};
+use ixn_proto::interaction::AcceptRequest;
+use ixn_proto::session::SessionState;
+use tonic::Code;
 
 #[tokio::test]
 async fn basic_flow_disposes_in_the_seed_order_and_closes_the_connect_stream() {
@@ -63,67 +63,6 @@ async fn basic_flow_disposes_in_the_seed_order_and_closes_the_connect_stream() {
 // ---------------------------------------------------------------------------------------------
 // Helpers of this file (the shared harness is `common`).
 // ---------------------------------------------------------------------------------------------
-
-/// The default platform's Not Ready reason: what step 3 uses when the logout gives no reason.
-const DEFAULT_NOT_READY: &str = "after-call-work";
-
-/// The switch's (interaction-server's) view of an agent, read as role `service`.
-async fn switch_view(stack: &Stack, agent: &str) -> Agent {
-    let token = stack.token(Role::Service, "s", "t1", None);
-    let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.ixn_addr))
-        .unwrap()
-        .connect_lazy();
-    AgentServiceClient::with_interceptor(channel, bearer)
-        .get_agent(GetAgentRequest {
-            agent_id: agent.into(),
-        })
-        .await
-        .expect("GetAgent")
-        .into_inner()
-}
-
-fn switch_media<'a>(agent: &'a Agent, media: &str) -> &'a AgentMedia {
-    agent
-        .media
-        .iter()
-        .find(|m| m.media_type == media)
-        .unwrap_or_else(|| panic!("the switch has no {media} media for the agent: {agent:?}"))
-}
-
-fn switch_media_types(agent: &Agent) -> Vec<&str> {
-    let mut media: Vec<&str> = agent.media.iter().map(|m| m.media_type.as_str()).collect();
-    media.sort_unstable();
-    media
-}
-
-fn channel<'a>(s: &'a Session, media: &str) -> &'a Channel {
-    s.channel_group
-        .as_ref()
-        .and_then(|g| g.channels.iter().find(|c| c.media_type == media))
-        .unwrap_or_else(|| panic!("the session has no {media} channel: {s:?}"))
-}
-
-/// The failure's ErrorInfo, after checking its reason and gRPC code.
-fn failure(status: &Status, reason: R, code: Code) -> Failure {
-    assert_eq!(reason_of(status), reason, "{status:?}");
-    assert_eq!(status.code(), code, "{status:?}");
-    Failure::from_status(status).unwrap()
-}
-
-/// Takes the body of an event of the expected kind.
-macro_rules! take {
-    ($event:expr, $kind:ident) => {
-        match body($event) {
-            Body::$kind(b) => b,
-            other => panic!(
-                "expected {}, got {}",
-                stringify!($kind),
-                ixn_proto::event::kind(other)
-            ),
-        }
-    };
-}
 
 /// Reads the creation events of a session with `n` channels and any `ready` AgentStateChanged after.
 async fn read_creation(bus: &mut Stream, n: usize, ready: usize) -> Vec<Event> {

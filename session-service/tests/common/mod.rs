@@ -13,7 +13,9 @@ use ixn_proto::events::Event;
 use ixn_proto::events::event::Body;
 use ixn_proto::events::event_service_client::EventServiceClient;
 use ixn_proto::events::{EventFilter, SubscribeRequest};
+use ixn_proto::interaction::agent_service_client::AgentServiceClient;
 use ixn_proto::interaction::interaction_service_client::InteractionServiceClient;
+use ixn_proto::interaction::{Agent, AgentMedia, GetAgentRequest};
 use ixn_proto::interaction::{
     DeliverRequest, DeliverResponse, Interaction, PullRequest, PullResponse, StopProcessingRequest,
     StopProcessingResponse, SubmitRequest,
@@ -26,9 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 /// A bound on how long a test waits for something that must happen; reaching it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -511,4 +513,75 @@ pub fn body(e: &Event) -> &Body {
 /// The data directories, for tests that look at the store.
 pub fn dirs(stack: &Stack) -> (&Path, &Path) {
     (&stack.ixn_dir, &stack.session_dir)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the Logout tests read at both ends: the switch's view of the agent, the session's channels,
+// failures and event bodies.
+// ---------------------------------------------------------------------------------------------
+
+/// The default platform's Not Ready reason: what step 3 uses when the logout gives no reason.
+pub const DEFAULT_NOT_READY: &str = "after-call-work";
+
+/// The switch's (interaction-server's) view of an agent, read as role `service`.
+pub async fn switch_view(stack: &Stack, agent: &str) -> Agent {
+    let token = stack.token(Role::Service, "s", "t1", None);
+    let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.ixn_addr))
+        .unwrap()
+        .connect_lazy();
+    AgentServiceClient::with_interceptor(channel, bearer)
+        .get_agent(GetAgentRequest {
+            agent_id: agent.into(),
+        })
+        .await
+        .expect("GetAgent")
+        .into_inner()
+}
+
+pub fn switch_media<'a>(agent: &'a Agent, media: &str) -> &'a AgentMedia {
+    agent
+        .media
+        .iter()
+        .find(|m| m.media_type == media)
+        .unwrap_or_else(|| panic!("the switch has no {media} media for the agent: {agent:?}"))
+}
+
+pub fn switch_media_types(agent: &Agent) -> Vec<&str> {
+    let mut media: Vec<&str> = agent.media.iter().map(|m| m.media_type.as_str()).collect();
+    media.sort_unstable();
+    media
+}
+
+pub fn channel<'a>(s: &'a Session, media: &str) -> &'a ixn_proto::session::Channel {
+    s.channel_group
+        .as_ref()
+        .and_then(|g| g.channels.iter().find(|c| c.media_type == media))
+        .unwrap_or_else(|| panic!("the session has no {media} channel: {s:?}"))
+}
+
+pub fn reason_code(r: Option<&Reason>) -> Option<&str> {
+    r.map(|r| r.code.as_str())
+}
+
+/// The failure's ErrorInfo, after checking its reason and gRPC code.
+pub fn failure(status: &Status, reason: R, code: Code) -> Failure {
+    assert_eq!(reason_of(status), reason, "{status:?}");
+    assert_eq!(status.code(), code, "{status:?}");
+    Failure::from_status(status).unwrap()
+}
+
+/// Takes the body of an event of the expected kind.
+#[allow(unused_macros)]
+macro_rules! take {
+    ($event:expr, $kind:ident) => {
+        match body($event) {
+            Body::$kind(b) => b,
+            other => panic!(
+                "expected {}, got {}",
+                stringify!($kind),
+                ixn_proto::event::kind(other)
+            ),
+        }
+    };
 }
