@@ -1,5 +1,6 @@
-//! Configuration: command-line flags (each with an `IXN_*` environment variable) and an optional
-//! TOML file for what does not fit on a command line (the platform's reason lists).
+//! Configuration: command-line flags, each with an `IXN_*` environment variable and a key of the
+//! optional TOML file (`--config`), whose `[platform]` table holds what does not fit on a command
+//! line (the platform's reason lists). See [`ixn_proto::settings`] for the precedence.
 
 use crate::domain::{Platform, PlatformConfig};
 use clap::{Args, Parser, Subcommand};
@@ -41,9 +42,16 @@ pub struct ServeArgs {
     /// File holding the signing secret (`secret`, or lines of `kid=secret`); `IXN_JWT_SECRET` wins.
     #[arg(long, env = "IXN_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
-    /// TOML configuration file (a `[platform]` table: reasons, media, capacities, invite timeout).
+    /// TOML configuration file: any of these settings by long name (`metrics_listen = "…"`), and a
+    /// `[platform]` table (reasons, media, capacities, invite timeout).
     #[arg(long, env = "IXN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none when unset.
+    #[arg(long, env = "IXN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a drain (SIGTERM, SIGINT) lets open calls and streams finish before exiting (ms).
+    #[arg(long, env = "IXN_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
     /// Log format; `RUST_LOG` filters what is logged.
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -71,22 +79,23 @@ pub struct TokenArgs {
     pub jwt_secret_file: Option<PathBuf>,
 }
 
-/// The configuration file.
+/// The tables of the configuration file that are not flags.
+pub const FILE_TABLES: &[&str] = &["platform"];
+
+/// The configuration file's tables.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
     pub platform: PlatformConfig,
 }
 
 /// Reads the platform from the configuration file, if any; a bad value names the setting.
-pub fn platform(file: Option<&PathBuf>) -> Result<Platform, String> {
+pub fn platform(file: Option<&(PathBuf, toml::Table)>) -> Result<Platform, String> {
     let config = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some((path, table)) => table
+            .clone()
+            .try_into::<FileConfig>()
+            .map_err(|e| format!("{}: {e}", path.display()))?,
         None => FileConfig::default(),
     };
     Platform::from_config(&config.platform)

@@ -18,6 +18,7 @@ use ixn_proto::auth::Role;
 use ixn_proto::clock::Clock;
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::events::Event;
+use ixn_proto::hosting::StoreHealth;
 use ixn_proto::interaction as pb;
 use ixn_proto::log::{Log, LogEntry};
 use prost::Message;
@@ -97,6 +98,28 @@ enum Job {
     Execute(Box<Submission>, oneshot::Sender<Result<Answer, Error>>),
     /// The invite timer: revoke what is due.
     Expire,
+    /// While the store is unreachable: try a write, and report.
+    Probe(oneshot::Sender<()>),
+    /// How many interactions are in each state (for the metrics).
+    Census(oneshot::Sender<Census>),
+}
+
+/// Interactions by state, in [`Census::STATES`] order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census(pub [u64; 5]);
+
+impl Census {
+    pub const STATES: [&'static str; 5] = ["queued", "routing", "invited", "handling", "stopped"];
+
+    fn index(phase: domain::Phase) -> usize {
+        match phase {
+            domain::Phase::Queued => 0,
+            domain::Phase::Routing => 1,
+            domain::Phase::Invited => 2,
+            domain::Phase::Handling => 3,
+            domain::Phase::Stopped => 4,
+        }
+    }
 }
 
 /// The handle the API holds.
@@ -108,6 +131,8 @@ pub struct Engine {
     pub readers: Readers,
     pub platform: Arc<Platform>,
     pub clock: Clock,
+    /// Whether the last commit (or probe) reached the store.
+    pub health: StoreHealth,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -119,12 +144,17 @@ impl Engine {
         clock: Clock,
     ) -> Result<Arc<Engine>, StoreError> {
         let (state, head) = store.load()?;
+        // Everything loaded is live.
+        let stopped = store.count_interactions()? - state.interactions.len() as u64;
         let readers = store.readers();
         let log = Arc::new(Log::new(head, readers.clone()));
         let platform = Arc::new(platform);
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let (deadline_tx, deadline_rx) = watch::channel(state.next_deadline());
+        let health = StoreHealth::default();
         let writer = Writer {
+            health: health.clone(),
+            stopped,
             store,
             state,
             next_seq: head + 1,
@@ -144,6 +174,7 @@ impl Engine {
             readers,
             platform,
             clock,
+            health,
             writer: std::sync::Mutex::new(Some(handle)),
         }))
     }
@@ -158,6 +189,24 @@ impl Engine {
             .map_err(|_| Error::Unavailable("the writer has stopped"))?;
         rx.await
             .map_err(|_| Error::Unavailable("the writer has stopped"))?
+    }
+
+    /// Has the writer try a write to the store, which reports the outcome to [`Engine::health`].
+    pub async fn probe(&self) {
+        let (tx, rx) = oneshot::channel();
+        let jobs = self.jobs.read().expect("engine jobs").clone();
+        let Some(jobs) = jobs else { return };
+        if jobs.send(Job::Probe(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// How many interactions are in each state; `None` while shutting down.
+    pub async fn census(&self) -> Option<Census> {
+        let (tx, rx) = oneshot::channel();
+        let jobs = self.jobs.read().expect("engine jobs").clone()?;
+        jobs.send(Job::Census(tx)).await.ok()?;
+        rx.await.ok()
     }
 
     /// Stops taking commands, lets the writer commit and answer what it already has, and waits for
@@ -206,6 +255,9 @@ async fn invite_timer(
 
 /// What the writer thread owns.
 struct Writer {
+    health: StoreHealth,
+    /// How many interactions are stopped (they live in the store alone).
+    stopped: u64,
     store: Store,
     state: State,
     next_seq: u64,
@@ -228,7 +280,34 @@ impl Writer {
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    fn run_batch(&mut self, jobs: Vec<Job>) {
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Probe(done) => {
+                    self.health.report(self.store.probe().is_ok());
+                    let _ = done.send(());
+                }
+                Job::Census(reply) => {
+                    let _ = reply.send(self.census());
+                }
+                job => batch.push(job),
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let changes = batch.len();
+        let span = ixn_proto::trace::linked_span(
+            "store commit",
+            "internal",
+            batch.iter().filter_map(|job| match job {
+                Job::Execute(s, _) => Some(s.traceparent.as_str()),
+                _ => None,
+            }),
+        );
+        let _commit = span.enter();
         let now = self.clock.now();
         let first_seq = self.next_seq;
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
@@ -243,8 +322,14 @@ impl Writer {
             &mut touched,
             &mut agents,
         );
+        self.health.report(result.is_ok());
         match result {
             Ok(()) => {
+                ixn_proto::measure::commit(started.elapsed(), changes);
+                self.stopped += entries
+                    .iter()
+                    .filter(|e| e.kind == "ProcessingStopped")
+                    .count() as u64;
                 self.log.publish(entries);
                 for (tx, answer) in pending {
                     if let Some(tx) = tx {
@@ -280,6 +365,17 @@ impl Writer {
         });
     }
 
+    fn census(&self) -> Census {
+        let mut census = Census::default();
+        for i in self.state.interactions.values() {
+            if i.phase != domain::Phase::Stopped {
+                census.0[Census::index(i.phase)] += 1;
+            }
+        }
+        census.0[Census::index(domain::Phase::Stopped)] = self.stopped;
+        census
+    }
+
     fn apply_batch(
         &mut self,
         batch: Vec<Job>,
@@ -311,6 +407,8 @@ impl Writer {
                     };
                     (s, None)
                 }
+                // Taken out of the batch before it opens.
+                Job::Probe(_) | Job::Census(_) => continue,
             };
             let method = submission.command.name();
             let caller = &submission.caller;

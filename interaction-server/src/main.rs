@@ -1,27 +1,29 @@
 //! The `interaction-server` binary: parses flags and calls the library.
 
-use clap::Parser;
 use interaction_server::clock::Clock;
 use interaction_server::config::{self, Cli, Command, ServeArgs, TokenArgs};
 use interaction_server::server::{self, Options};
 use ixn_proto::auth::{self, Claims, Role, SecretSource};
+use ixn_proto::settings::{self, EXIT_CONFIG};
+use ixn_proto::trace;
 use std::process::ExitCode;
-
-/// Exit code for a configuration error (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+use std::time::Duration;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let loaded =
+        match settings::load::<Cli>(std::env::args_os().collect(), "config", config::FILE_TABLES) {
+            Ok(loaded) => loaded,
+            Err(e) => return e.report(),
+        };
+    match loaded.cli.command {
         Some(Command::Token(args)) => token(args),
-        Some(Command::Serve(args)) => serve(args),
-        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args, loaded.file),
+        None => serve(loaded.cli.serve, loaded.file),
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    ixn_proto::hosting::init_logs(args.log_format);
-    let platform = match config::platform(args.config.as_ref()) {
+fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> ExitCode {
+    let platform = match config::platform(file.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("configuration error: {e}");
@@ -50,6 +52,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
+        let telemetry = match trace::init("interaction-server", args.log_format, trace::otlp_from_env()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -57,13 +66,27 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        let metrics = match args.metrics_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("cannot listen on {addr} (--metrics-listen): {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            None => None,
+        };
         let options = Options {
             data_dir: args.data_dir,
             secrets,
             platform,
             clock: Clock::System,
+            metrics,
+            shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         };
-        match server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await {
+        let served = server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await;
+        telemetry.shutdown().await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("interaction-server: {e}");

@@ -5,16 +5,18 @@
 
 use crate::api::{Api, Events};
 use crate::domain::Platform;
-use crate::engine::Engine;
+use crate::engine::{Census, Engine};
 use crate::store::{Store, StoreError};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
 use ixn_proto::clock::Clock;
 use ixn_proto::events::event_service_server::EventServiceServer;
-use ixn_proto::hosting::{self, MAX_MESSAGE_BYTES};
+use ixn_proto::hosting::{self, Hosting, MAX_MESSAGE_BYTES};
 use ixn_proto::interaction::agent_service_server::AgentServiceServer;
 use ixn_proto::interaction::interaction_service_server::InteractionServiceServer;
+use ixn_proto::measure;
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
@@ -29,6 +31,29 @@ pub struct Options {
     pub secrets: Vec<Secret>,
     pub platform: Platform,
     pub clock: Clock,
+    /// Where to serve `/metrics` (Prometheus); none: metrics are not recorded.
+    pub metrics: Option<TcpListener>,
+    /// How long a drain may take.
+    pub shutdown_grace: Duration,
+}
+
+impl Options {
+    /// Options with the defaults for what a caller rarely sets.
+    pub fn new(
+        data_dir: PathBuf,
+        secrets: Vec<Secret>,
+        platform: Platform,
+        clock: Clock,
+    ) -> Options {
+        Options {
+            data_dir,
+            secrets,
+            platform,
+            clock,
+            metrics: None,
+            shutdown_grace: hosting::DEFAULT_DRAIN_GRACE,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +64,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the reflection service cannot be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("metrics cannot be recorded: {0}")]
+    Metrics(String),
 }
 
 /// Serves until `shutdown` completes, then drains: health says NOT_SERVING, streams end with
@@ -59,6 +86,30 @@ pub async fn serve(
     );
     let clock = options.clock.clone();
     let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs());
+
+    if let Some(listener) = options.metrics {
+        let handle = measure::install().map_err(ServeError::Metrics)?;
+        let engine = engine.clone();
+        let refresh = move || {
+            let engine = engine.clone();
+            async move {
+                measure::set(measure::SUBSCRIBER_LAG, engine.log.max_lag() as f64);
+                if let Some(census) = engine.census().await {
+                    for (state, n) in Census::STATES.iter().zip(census.0) {
+                        measure::set_state(measure::INTERACTIONS, state, n as f64);
+                    }
+                }
+            }
+        };
+        tokio::spawn(measure::serve(listener, handle, refresh));
+    }
+    tokio::spawn(engine.health.clone().probe_while_down({
+        let engine = engine.clone();
+        move || {
+            let engine = engine.clone();
+            async move { engine.probe().await }
+        }
+    }));
 
     let (draining_tx, draining) = watch::channel(false);
     let api = Api::new(engine.clone());
@@ -81,16 +132,15 @@ pub async fn serve(
         EventServiceServer::<Events>::NAME,
     ];
     let (health, routes) = hosting::health_and_reflection(&names, routes).await?;
-    let result = hosting::serve(
-        routes,
-        listener,
-        options.clock.clone(),
-        &names,
+    let hosting = Hosting {
+        clock: options.clock.clone(),
+        names: names.to_vec(),
         health,
-        draining_tx,
-        shutdown,
-    )
-    .await;
+        draining: draining_tx,
+        store: engine.health.clone(),
+        grace: options.shutdown_grace,
+    };
+    let result = hosting::serve(routes, listener, hosting, shutdown).await;
     // Whatever the writer already holds is committed and answered before the store is released.
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     tracing::info!("stopped");

@@ -650,12 +650,12 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = server::serve(
         listener,
-        Options {
-            data_dir: dir.path().to_owned(),
-            secrets: vec![secret()],
-            platform: test_platform(),
-            clock: Clock::Manual(ManualClock::starting_now()),
-        },
+        Options::new(
+            dir.path().to_owned(),
+            vec![secret()],
+            test_platform(),
+            Clock::Manual(ManualClock::starting_now()),
+        ),
         std::future::pending::<()>(),
     );
     let refused = tokio::time::timeout(PATIENCE, second)

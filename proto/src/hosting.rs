@@ -3,11 +3,12 @@
 //!
 //! On shutdown: health says NOT_SERVING for every service and overall, streams are told to end with
 //! UNAVAILABLE (clients resume by sequence), the listener stops accepting, in-flight calls finish —
-//! for at most [`DRAIN_GRACE`] on the server's clock, since a client that stopped reading cannot be
+//! for at most the configured grace ([`DEFAULT_DRAIN_GRACE`]) on the server's clock, since a client that stopped reading cannot be
 //! sent its UNAVAILABLE and would otherwise hold the server (and its data directory) forever.
 
 use crate::clock::{Clock, Micros};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -18,11 +19,14 @@ use tonic_health::server::HealthReporter;
 /// The largest request a client may send (the transport refuses more with OUT_OF_RANGE).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
-/// How long a drain waits for open calls and streams to finish before the server stops anyway.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
+/// How long a drain waits for open calls and streams to finish, unless configured otherwise.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
+/// A health service name that is SERVING for as long as the process runs: a liveness probe asks
+/// for it, so that a store outage (which the overall status reports) does not restart the pod.
+pub const LIVENESS: &str = "liveness";
 
 /// Health (every named service SERVING) and reflection advertising exactly the named services: the
 /// contract's descriptor set holds both services' packages, and a tool should list only what this
@@ -32,7 +36,7 @@ pub async fn health_and_reflection(
     routes: Routes,
 ) -> Result<(HealthReporter, Routes), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in names {
+    for name in names.iter().chain(&[LIVENESS]) {
         health
             .set_service_status(*name, ServingStatus::Serving)
             .await;
@@ -51,35 +55,105 @@ pub async fn health_and_reflection(
     Ok((health, routes))
 }
 
+/// Whether the store answered its last commit or probe. The writer reports; health follows.
+#[derive(Clone, Debug)]
+pub struct StoreHealth(Arc<watch::Sender<bool>>);
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth(Arc::new(watch::channel(true).0))
+    }
+}
+
+impl StoreHealth {
+    /// Records the outcome of a commit or probe; only a change wakes anyone.
+    pub fn report(&self, ok: bool) {
+        self.0.send_if_modified(|was| {
+            let changed = *was != ok;
+            *was = ok;
+            changed
+        });
+    }
+
+    pub fn is_ok(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
+    /// While the store is unreachable, runs `probe` every [`PROBE_EVERY`] (a probe reports its
+    /// own outcome); returns when the health's last holder is gone.
+    pub async fn probe_while_down<F, Fut>(self, probe: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut rx = self.subscribe();
+        drop(self);
+        loop {
+            if rx.wait_for(|ok| !*ok).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+            probe().await;
+        }
+    }
+}
+
+/// How often an unreachable store is tried again.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How a server is hosted besides its routes and listener.
+#[derive(Debug)]
+pub struct Hosting {
+    pub clock: Clock,
+    /// The contract's services this server answers.
+    pub names: Vec<&'static str>,
+    pub health: HealthReporter,
+    /// Turns true when the drain starts: every stream watches it.
+    pub draining: watch::Sender<bool>,
+    pub store: StoreHealth,
+    /// How long the drain may take.
+    pub grace: Duration,
+}
+
 /// Serves `routes` on `listener` until `shutdown` completes, then drains as the module says.
-/// `draining` turns true when the drain starts: every stream watches it.
+/// Health is SERVING while the store answers and no drain has started, NOT_SERVING otherwise.
 pub async fn serve(
     routes: Routes,
     listener: TcpListener,
-    clock: Clock,
-    names: &[&'static str],
-    health: HealthReporter,
-    draining: watch::Sender<bool>,
+    hosting: Hosting,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let Hosting {
+        clock,
+        names,
+        health,
+        draining,
+        store,
+        grace,
+    } = hosting;
     let (deadline_tx, deadline) = oneshot::channel::<Micros>();
-    let names = names.to_vec();
+    let (reported_tx, mut reported) = watch::channel(false);
+    tokio::spawn(follow_health(
+        health,
+        names,
+        store.subscribe(),
+        draining.subscribe(),
+        reported_tx,
+    ));
     let signal = {
         let clock = clock.clone();
         async move {
             shutdown.await;
-            tracing::info!("draining");
+            tracing::info!(?grace, "draining");
             // Fixed before anyone is told of the drain.
-            let _ = deadline_tx.send(clock.now() + DRAIN_GRACE.as_micros() as Micros);
-            for name in names {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            let _ = deadline_tx.send(clock.now() + grace.as_micros() as Micros);
             draining.send_replace(true);
+            // Load balancers hear NOT_SERVING before the listener closes.
+            let _ = reported.wait_for(|r| *r).await;
         }
     };
     let grace_over = async move {
@@ -92,13 +166,48 @@ pub async fn serve(
     // delayed ACK (about 40 ms) before its last segment goes out.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serving = tonic::transport::Server::builder()
+        .layer(crate::observe::ObserveLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         result = serving => result,
         () = grace_over => {
-            tracing::warn!(grace = ?DRAIN_GRACE, "the drain did not finish in time; stopping with calls or streams still open");
+            tracing::warn!(?grace, "the drain did not finish in time; stopping with calls or streams still open");
             Ok(())
+        }
+    }
+}
+
+/// Keeps every named service's status and the overall one in step with the store and the drain;
+/// says through `reported` once NOT_SERVING for the drain has been published.
+async fn follow_health(
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    mut store: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
+    reported: watch::Sender<bool>,
+) {
+    loop {
+        let store_ok = *store.borrow_and_update();
+        let drain = *draining.borrow_and_update();
+        let status = if store_ok && !drain {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in names.iter().chain(&[""]) {
+            health.set_service_status(*name, status).await;
+        }
+        if !store_ok {
+            tracing::warn!("the store is unreachable: NOT_SERVING");
+        }
+        if drain {
+            reported.send_replace(true);
+            return;
+        }
+        tokio::select! {
+            changed = store.changed() => if changed.is_err() { return },
+            changed = draining.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -127,17 +236,4 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-/// Starts logging to standard error, filtered by `RUST_LOG` (default `info`).
-pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

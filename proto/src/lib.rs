@@ -13,7 +13,10 @@
 //! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
 //!   feeds one stream.
 //! - [`subscribe`]: `EventService.Subscribe` over a service's log.
+//! - [`measure`]: the Prometheus metrics both services export, and their `/metrics` endpoint.
+//! - [`observe`]: the tower layer that gives every call its span and its RPC metrics.
 //! - [`hosting`]: health, reflection, listener settings, signals and the bounded drain of both servers.
+//! - [`settings`]: flags, `IXN_*` variables and the TOML file, checked alike (exit 64 when wrong).
 //! - [`trace`]: trace context carried from calls into events.
 
 #![forbid(unsafe_code)]
@@ -57,8 +60,13 @@ pub mod error;
 pub mod event;
 pub mod hosting;
 pub mod log;
+pub mod measure;
+pub mod observe;
 pub mod party;
+pub mod settings;
 pub mod sqlite;
 pub mod subscribe;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 pub mod validate;

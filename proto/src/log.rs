@@ -10,9 +10,11 @@ use crate::error::{Failure, Reason};
 use crate::events::{Event, EventFilter};
 use crate::sqlite::{REPLAY_CHUNK, Readers, StoreError};
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
+use tracing::Instrument;
 
 /// One committed event and what deciding who may see it takes, without decoding its body.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +39,24 @@ pub struct Log {
     ring: RwLock<VecDeque<Arc<LogEntry>>>,
     head: watch::Sender<u64>,
     readers: Readers,
+    /// Where each open stream is, for the lag metric.
+    followers: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+/// An open stream's place in the log, while it is open (and counted as a subscriber).
+#[derive(Debug)]
+pub struct Follower(Arc<AtomicU64>);
+
+impl Follower {
+    pub fn at(&self, sequence: u64) {
+        self.0.store(sequence, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        crate::measure::subscribers(-1.0);
+    }
 }
 
 impl Log {
@@ -45,6 +65,7 @@ impl Log {
             ring: RwLock::new(VecDeque::with_capacity(RING_CAPACITY)),
             head: watch::Sender::new(head),
             readers,
+            followers: Mutex::new(Vec::new()),
         }
     }
 
@@ -71,7 +92,31 @@ impl Log {
                 ring.push_back(entry);
             }
         }
+        crate::measure::events_appended(last - self.head());
         self.head.send_replace(last);
+    }
+
+    /// Registers an open stream that has read up to `after`.
+    pub fn follower(&self, after: u64) -> Follower {
+        let place = Arc::new(AtomicU64::new(after));
+        let mut followers = self.followers.lock().expect("log followers");
+        followers.retain(|f| f.strong_count() > 0);
+        followers.push(Arc::downgrade(&place));
+        crate::measure::subscribers(1.0);
+        Follower(place)
+    }
+
+    /// How many events the furthest-behind open stream has still to read.
+    pub fn max_lag(&self) -> u64 {
+        let head = self.head();
+        let mut followers = self.followers.lock().expect("log followers");
+        followers.retain(|f| f.strong_count() > 0);
+        followers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|f| head.saturating_sub(f.load(Ordering::Relaxed)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Forgets the ring (after a failed commit the engine reloads; the store is the truth).
@@ -189,6 +234,7 @@ where
         mut draining,
     } = feed;
     let mut head = log.watch_head();
+    let place = log.follower(after);
     loop {
         if *draining.borrow() {
             let _ = tx
@@ -223,20 +269,34 @@ where
             tokio::task::yield_now().await;
             continue;
         }
-        for entry in entries {
-            if clock.now() >= expires {
-                break;
-            }
-            after = entry.sequence;
-            if visible(&entry) {
-                if tx.send(Ok(entry.event.clone())).await.is_err() {
-                    return;
+        let delivery = crate::trace::linked_span(
+            "stream delivery",
+            "producer",
+            entries.iter().map(|e| e.event.traceparent.as_str()),
+        );
+        let delivered = async {
+            for entry in entries {
+                if clock.now() >= expires {
+                    break;
                 }
-                if ends_after(&entry) {
-                    return;
+                after = entry.sequence;
+                if visible(&entry) {
+                    if tx.send(Ok(entry.event.clone())).await.is_err() {
+                        return false;
+                    }
+                    if ends_after(&entry) {
+                        return false;
+                    }
                 }
             }
+            true
         }
+        .instrument(delivery)
+        .await;
+        if !delivered {
+            return;
+        }
+        place.at(after);
         if clock.now() >= expires {
             let _ = tx.send(Err(expired(after))).await;
             return;

@@ -113,6 +113,8 @@ pub struct StoredRequest {
 pub struct Database {
     conn: Connection,
     path: PathBuf,
+    /// The name of the fault point that fails this database's commits in tests.
+    commit_point: String,
     /// Held for the life of the process: a second process on the same directory refuses to start.
     _lock: File,
 }
@@ -170,6 +172,7 @@ impl Database {
         Ok(Database {
             conn,
             path,
+            commit_point: format!("commit {file}"),
             _lock: lock,
         })
     }
@@ -200,13 +203,27 @@ impl Database {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(Batch { tx })
+        Ok(Batch {
+            tx,
+            commit_point: &self.commit_point,
+        })
+    }
+
+    /// Whether the store takes a write: a one-row transaction, committed (and synced).
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        let batch = self.begin()?;
+        batch
+            .tx
+            .execute("UPDATE meta SET value = value WHERE key = 'schema'", [])?;
+        batch.commit()
     }
 }
 
 /// One open transaction of the writer: everything in it commits together or not at all.
 pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    commit_point: &'a str,
 }
 
 impl Batch<'_> {
@@ -280,6 +297,13 @@ impl Batch<'_> {
     }
 
     pub fn commit(self) -> Result<(), StoreError> {
+        // Tests make the store unreachable with `commit <file>` (e.g. `commit sessions.db`).
+        #[cfg(feature = "failpoints")]
+        if fail::eval(self.commit_point, |_| ()).is_some() {
+            return Err(StoreError::Io(std::io::Error::other(
+                "the store is unreachable (fault point)",
+            )));
+        }
         Ok(self.tx.commit()?)
     }
 }

@@ -1,4 +1,5 @@
-//! Configuration: command-line flags, each with an environment variable.
+//! Configuration: command-line flags, each with an environment variable and a key of the optional
+//! TOML file (`--config`). See [`ixn_proto::settings`] for the precedence.
 
 use clap::Parser;
 use ixn_proto::hosting::LogFormat;
@@ -39,6 +40,15 @@ pub struct Cli {
     /// The deadline of each call to interaction-server (ms).
     #[arg(long, env = "IXN_SWITCH_TIMEOUT_MS", default_value_t = 5_000)]
     pub switch_timeout_ms: u64,
+    /// TOML configuration file: any of these settings by long name (`metrics_listen = "…"`).
+    #[arg(long, env = "IXN_SESSION_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none when unset.
+    #[arg(long, env = "IXN_SESSION_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a drain (SIGTERM, SIGINT) lets open calls and streams finish before exiting (ms).
+    #[arg(long, env = "IXN_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
     /// Log format; `RUST_LOG` filters what is logged.
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,19 +1,19 @@
 //! The `session-service` binary: parses flags and calls the library.
 
-use clap::Parser;
 use ixn_proto::auth;
 use ixn_proto::clock::Clock;
+use ixn_proto::settings::{self, EXIT_CONFIG};
+use ixn_proto::trace;
 use session_service::config::Cli;
 use session_service::server::{self, Options};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Exit code for a configuration error (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    ixn_proto::hosting::init_logs(cli.log_format);
+    let cli = match settings::load::<Cli>(std::env::args_os().collect(), "config", &[]) {
+        Ok(loaded) => loaded.cli,
+        Err(e) => return e.report(),
+    };
     if !cli.interaction_server.starts_with("http://")
         && !cli.interaction_server.starts_with("https://")
     {
@@ -51,6 +51,13 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
+        let telemetry = match trace::init("session-service", cli.log_format, trace::otlp_from_env()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(cli.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -58,7 +65,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        let metrics = match cli.metrics_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("cannot listen on {addr} (--metrics-listen): {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            None => None,
+        };
         let options = Options {
+            metrics,
+            shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
             data_dir: cli.data_dir,
             secrets,
             interaction_server: cli.interaction_server,
@@ -66,7 +85,9 @@ fn main() -> ExitCode {
             connection_lost_grace: Duration::from_millis(cli.connection_lost_grace_ms),
             switch_timeout: Duration::from_millis(cli.switch_timeout_ms),
         };
-        match server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await {
+        let served = server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await;
+        telemetry.shutdown().await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("session-service: {e}");

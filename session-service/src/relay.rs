@@ -13,6 +13,7 @@ use ixn_proto::events::Event;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Events taken off the stream into one commit at most.
 const MAX_RELAY_BATCH: usize = 256;
@@ -75,8 +76,13 @@ pub async fn run(
                     "interaction-server's log jumped"
                 );
             }
+            let handling = ixn_proto::trace::linked_span(
+                "relay",
+                "consumer",
+                events.iter().map(|e| e.traceparent.as_str()),
+            );
             let commit = relay_commit(&view, events, last);
-            if let Err(e) = writer.commit(commit).await {
+            if let Err(e) = writer.commit(commit).instrument(handling).await {
                 tracing::error!(error = %e, "relaying failed; resuming from the last committed event");
                 break;
             }

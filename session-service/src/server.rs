@@ -9,9 +9,12 @@ use crate::switch::Switch;
 use crate::writer::{View, Writer};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
 use ixn_proto::clock::Clock;
+use ixn_proto::common::AgentState;
 use ixn_proto::events::event_service_server::EventServiceServer;
-use ixn_proto::hosting::{self, MAX_MESSAGE_BYTES};
+use ixn_proto::hosting::{self, Hosting, MAX_MESSAGE_BYTES};
 use ixn_proto::log::Log;
+use ixn_proto::measure;
+use ixn_proto::session::SessionState;
 use ixn_proto::session::session_service_server::SessionServiceServer;
 use ixn_proto::sqlite::StoreError;
 use ixn_proto::subscribe::Events;
@@ -39,6 +42,10 @@ pub struct Options {
     pub connection_lost_grace: Duration,
     /// The deadline of each call to interaction-server.
     pub switch_timeout: Duration,
+    /// Where to serve `/metrics` (Prometheus); none: metrics are not recorded.
+    pub metrics: Option<TcpListener>,
+    /// How long a drain may take.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("no signing secret is configured")]
     NoSecret,
+    #[error("metrics cannot be recorded: {0}")]
+    Metrics(String),
 }
 
 /// Serves until `shutdown` completes, then drains (see `ixn_proto::hosting`), stops the relay and
@@ -105,6 +114,24 @@ pub async fn serve(
         "session-service serving"
     );
 
+    if let Some(listener) = options.metrics {
+        let handle = measure::install().map_err(ServeError::Metrics)?;
+        let (view, log) = (view.clone(), log.clone());
+        let refresh = move || {
+            measure::set(measure::SUBSCRIBER_LAG, log.max_lag() as f64);
+            census(&view.lock().expect("view"));
+            std::future::ready(())
+        };
+        tokio::spawn(measure::serve(listener, handle, refresh));
+    }
+    tokio::spawn(writer.health.clone().probe_while_down({
+        let writer = writer.clone();
+        move || {
+            let writer = writer.clone();
+            async move { writer.probe().await }
+        }
+    }));
+
     let (stop_relay, relay_stopped) = watch::channel(false);
     let relay = tokio::spawn(relay::run(
         switch.clone(),
@@ -149,19 +176,44 @@ pub async fn serve(
         EventServiceServer::<Events>::NAME,
     ];
     let (health, routes) = hosting::health_and_reflection(&names, routes).await?;
-    let result = hosting::serve(
-        routes,
-        listener,
+    let hosting = Hosting {
         clock,
-        &names,
+        names: names.to_vec(),
         health,
-        draining_tx,
-        shutdown,
-    )
-    .await;
+        draining: draining_tx,
+        store: writer.health.clone(),
+        grace: options.shutdown_grace,
+    };
+    let result = hosting::serve(routes, listener, hosting, shutdown).await;
     stop_relay.send_replace(true);
     let _ = relay.await;
     let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Sets the gauges of live sessions and their channels by state.
+fn census(view: &View) {
+    let (mut active, mut logging_out) = (0u64, 0u64);
+    let (mut ready, mut not_ready, mut inactive) = (0u64, 0u64, 0u64);
+    for session in view.sessions.values() {
+        if session.state() == SessionState::LoggingOut {
+            logging_out += 1;
+        } else {
+            active += 1;
+        }
+        let channels = session.channel_group.iter().flat_map(|g| &g.channels);
+        for channel in channels {
+            match (channel.active, channel.state()) {
+                (false, _) => inactive += 1,
+                (true, AgentState::Ready) => ready += 1,
+                (true, _) => not_ready += 1,
+            }
+        }
+    }
+    measure::set_state(measure::SESSIONS, "active", active as f64);
+    measure::set_state(measure::SESSIONS, "logging_out", logging_out as f64);
+    measure::set_state(measure::CHANNELS, "ready", ready as f64);
+    measure::set_state(measure::CHANNELS, "not_ready", not_ready as f64);
+    measure::set_state(measure::CHANNELS, "inactive", inactive as f64);
 }

@@ -63,6 +63,11 @@ impl Store {
         self.db.begin()
     }
 
+    /// Whether the store takes a write.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        self.db.probe()
+    }
+
     /// Every live session, the mirror, the relay cursor and the head of the log.
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let conn = self.db.conn();

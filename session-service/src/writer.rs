@@ -9,6 +9,7 @@ use crate::store::{Rows, Store, is_disposed};
 use ixn_proto::clock::{Clock, Micros};
 use ixn_proto::events::event::Body;
 use ixn_proto::events::{Event, RelayedFrom};
+use ixn_proto::hosting::StoreHealth;
 use ixn_proto::log::{Log, LogEntry};
 use ixn_proto::session::Session;
 use ixn_proto::sqlite::StoreError;
@@ -77,11 +78,19 @@ pub struct Committed {
 
 type Reply = oneshot::Sender<Result<Committed, String>>;
 
+enum Job {
+    Commit(Box<Commit>, Reply),
+    /// While the store is unreachable: try a write, and report.
+    Probe(oneshot::Sender<()>),
+}
+
 /// The handle the service holds.
 #[derive(Debug)]
 pub struct Writer {
-    jobs: std::sync::RwLock<Option<mpsc::Sender<(Commit, Reply)>>>,
+    jobs: std::sync::RwLock<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Whether the last commit (or probe) reached the store.
+    pub health: StoreHealth,
 }
 
 impl Writer {
@@ -93,7 +102,9 @@ impl Writer {
         clock: Clock,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let health = StoreHealth::default();
         let thread = Thread {
+            health: health.clone(),
             store,
             next_seq: head + 1,
             view,
@@ -107,6 +118,7 @@ impl Writer {
         Ok(Writer {
             jobs: std::sync::RwLock::new(Some(tx)),
             thread: Mutex::new(Some(handle)),
+            health,
         })
     }
 
@@ -115,10 +127,20 @@ impl Writer {
         let jobs = self.jobs.read().expect("writer jobs").clone();
         let jobs = jobs.ok_or("the service is shutting down")?;
         let (tx, rx) = oneshot::channel();
-        jobs.send((commit, tx))
+        jobs.send(Job::Commit(Box::new(commit), tx))
             .await
             .map_err(|_| "the writer has stopped".to_owned())?;
         rx.await.map_err(|_| "the writer has stopped".to_owned())?
+    }
+
+    /// Has the writer try a write to the store, which reports the outcome to [`Writer::health`].
+    pub async fn probe(&self) {
+        let jobs = self.jobs.read().expect("writer jobs").clone();
+        let Some(jobs) = jobs else { return };
+        let (tx, rx) = oneshot::channel();
+        if jobs.send(Job::Probe(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Stops taking commits and waits for the writer to finish what it has. Blocking.
@@ -131,6 +153,7 @@ impl Writer {
 }
 
 struct Thread {
+    health: StoreHealth,
     store: Store,
     next_seq: u64,
     view: Arc<Mutex<View>>,
@@ -140,18 +163,40 @@ struct Thread {
 }
 
 impl Thread {
-    fn run(mut self, mut rx: mpsc::Receiver<(Commit, Reply)>) {
-        while let Some(batch) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
-            self.run_batch(batch);
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(jobs) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
+            let mut batch = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match job {
+                    Job::Commit(commit, reply) => batch.push((*commit, reply)),
+                    Job::Probe(done) => {
+                        self.health.report(self.store.probe().is_ok());
+                        let _ = done.send(());
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
         }
     }
 
     fn run_batch(&mut self, mut batch: Vec<(Commit, Reply)>) {
         let first_seq = self.next_seq;
+        let started = std::time::Instant::now();
+        let span = ixn_proto::trace::linked_span(
+            "store commit",
+            "internal",
+            batch.iter().map(|(c, _)| c.traceparent.as_str()),
+        );
+        let _commit = span.enter();
         let mut entries = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
-        match self.write(&mut batch, &mut entries, &mut results) {
+        let written = self.write(&mut batch, &mut entries, &mut results);
+        self.health.report(written.is_ok());
+        match written {
             Ok(()) => {
+                ixn_proto::measure::commit(started.elapsed(), batch.len());
                 {
                     let mut view = self.view.lock().expect("view");
                     for (commit, _) in &batch {

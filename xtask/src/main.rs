@@ -8,8 +8,14 @@
 //! - `bench [--quick]`: builds the release binaries and runs the benchmark harness
 //!   (`session-service/examples/bench.rs`) against them; writes `target/bench/report.json` and
 //!   `target/bench/report.md`. `--quick` is the short run for CI, so the harness never rots.
+//! - `deploy-check`: renders the Kubernetes overlays and validates everything under `deploy/`
+//!   (manifests against the Kubernetes schemas, YAML lint, the collector configuration, the
+//!   dashboard) with pinned Python tools in a virtualenv under `target/`; see [`deploy_check`].
 //!
-//! Deliberately dependency-free: it only drives `cargo` and the built binaries.
+//! Deliberately dependency-free: it only drives `cargo`, the built binaries and (deploy-check)
+//! Python tools.
+
+mod deploy_check;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,9 +30,10 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("deploy-check") => deploy_check::deploy_check(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|demo|ci|bench>\n  up     run both services on the embedded default (SQLite in data/)\n  demo   play every seed flow against both services; fails on any difference\n  ci     formatting, lints and every test, as CI runs them\n  bench  [--quick] measure both services (release builds); report in target/bench/"
+                "usage: cargo xtask <up|demo|ci|bench|deploy-check>\n  up            run both services on the embedded default (SQLite in data/)\n  demo          play every seed flow against both services; fails on any difference\n  ci            formatting, lints and every test, as CI runs them\n  bench         [--quick] measure both services (release builds); report in target/bench/\n  deploy-check  [--renderer auto|kustomize|kubectl|builtin] render and validate deploy/"
             );
             return ExitCode::from(2);
         }

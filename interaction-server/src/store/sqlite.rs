@@ -90,6 +90,20 @@ impl Store {
     pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
         self.db.begin()
     }
+
+    /// How many interactions there are, stopped ones included (read from the smallest index).
+    pub fn count_interactions(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .db
+            .conn()
+            .query_row("SELECT count(*) FROM interactions", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Whether the store takes a write.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        self.db.probe()
+    }
 }
 
 /// interaction-server's rows, written in the writer's batch.

@@ -20,8 +20,9 @@ use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
 use ixn_proto::interaction::agent_service_client::AgentServiceClient;
 use ixn_proto::interaction::interaction_service_client::InteractionServiceClient;
 use ixn_proto::interaction::*;
+#[allow(unused_imports)]
+pub use ixn_proto::testing::{Process, sample, scrape};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -31,7 +32,7 @@ use tonic::transport::Channel;
 
 /// A bound on how long a test waits for something that must happen; reaching it is a failure, never
 /// a way of waiting for time to pass.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub use ixn_proto::testing::PATIENCE;
 
 pub const SECRET: &[u8] = b"test-secret-0123456789abcdef";
 
@@ -69,12 +70,12 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let options = Options {
-            data_dir: data_dir.to_owned(),
-            secrets: vec![secret()],
+        let options = Options::new(
+            data_dir.to_owned(),
+            vec![secret()],
             platform,
-            clock: Clock::Manual(clock.clone()),
-        };
+            Clock::Manual(clock.clone()),
+        );
         let handle = tokio::spawn(server::serve(listener, options, async {
             let _ = rx.await;
         }));
@@ -397,4 +398,35 @@ pub fn about_any(events: &[Event], ids: &[&str]) -> Vec<Event> {
 pub fn is(body: &Option<Body>, kind: &str) -> bool {
     body.as_ref()
         .is_some_and(|b| ixn_proto::event::kind(b) == kind)
+}
+
+/// Starts the server binary on `data_dir` and a free port (see [`Process::spawn`]).
+pub fn start_process(data_dir: &Path, mut command: std::process::Command, metrics: bool) -> Process {
+    command
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--log-format")
+        .arg("json");
+    Process::spawn(command, "interaction-server serving", metrics)
+}
+
+/// The test's secret for a binary.
+pub fn binary(path: &str) -> std::process::Command {
+    ixn_proto::testing::binary(path, SECRET)
+}
+
+/// A client of a server running as a process.
+pub async fn process_client(process: &Process, who: Who) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", process.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    Client::new(channel, who.clone(), who.token(now, 3_600))
 }

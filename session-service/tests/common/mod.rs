@@ -126,12 +126,12 @@ impl Stack {
         let listener = listener_at(reuse).await;
         self.ixn_addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let options = interaction_server::server::Options {
-            data_dir: self.ixn_dir.clone(),
-            secrets: vec![secret()],
-            platform: Platform::from_config(&self.platform).unwrap(),
-            clock: Clock::Manual(self.clock.clone()),
-        };
+        let options = interaction_server::server::Options::new(
+            self.ixn_dir.clone(),
+            vec![secret()],
+            Platform::from_config(&self.platform).unwrap(),
+            Clock::Manual(self.clock.clone()),
+        );
         let handle = tokio::spawn(async move {
             interaction_server::server::serve(listener, options, async {
                 let _ = rx.await;
@@ -163,6 +163,8 @@ impl Stack {
             clock: Clock::Manual(self.clock.clone()),
             connection_lost_grace: self.grace,
             switch_timeout: Duration::from_secs(2),
+            metrics: None,
+            shutdown_grace: ixn_proto::hosting::DEFAULT_DRAIN_GRACE,
         };
         let handle = tokio::spawn(async move {
             session_service::server::serve(listener, options, async {

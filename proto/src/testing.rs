@@ -1,0 +1,160 @@
+//! Support for the services' tests (feature `testing`, enabled by their dev-dependencies only):
+//! running a service's binary as a child process and reading its metrics.
+
+use std::time::Duration;
+
+/// A bound on how long a test waits for something that must happen; reaching it is a failure, never
+/// a way of waiting for time to pass.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A service's binary, running as a child process with JSON logs on a pipe: for what only a real
+/// process shows (signals, exit codes, flags, the environment, `/metrics`).
+pub struct Process {
+    child: Option<std::process::Child>,
+    pub addr: std::net::SocketAddr,
+    /// The metrics endpoint, when one was asked for.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Every log line after the ones that announced the addresses.
+    pub logs: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+/// The environment a binary runs with: the test's secret, nothing inherited that would change it.
+pub fn binary(path: &str, secret: &[u8]) -> std::process::Command {
+    let mut command = std::process::Command::new(path);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("IXN_") || key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("IXN_JWT_SECRET", std::str::from_utf8(secret).expect("a text secret"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+impl Process {
+    /// Spawns `command` (JSON logs on stderr) and waits for the log line `serving`.
+    pub fn spawn(mut command: std::process::Command, serving: &str, metrics: bool) -> Process {
+        let mut child = command.spawn().expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "fields": { "message": line } }));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut addr, mut metrics_addr) = (None, None);
+        while addr.is_none() || (metrics && metrics_addr.is_none()) {
+            let line = logs
+                .recv_timeout(PATIENCE)
+                .expect("the process announces its addresses");
+            let fields = &line["fields"];
+            if fields["message"] == serving {
+                addr = Some(fields["listen"].as_str().unwrap().parse().unwrap());
+            } else if fields["message"] == "metrics serving" {
+                metrics_addr = Some(fields["metrics_listen"].as_str().unwrap().parse().unwrap());
+            }
+        }
+        Process {
+            child: Some(child),
+            addr: addr.unwrap(),
+            metrics: metrics_addr,
+            logs,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id();
+        let waited = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(PATIENCE, waited).await {
+            Ok(status) => status.unwrap().unwrap(),
+            Err(_) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-s", "KILL", &pid.to_string()])
+                    .status();
+                panic!("the process did not exit within {PATIENCE:?}");
+            }
+        }
+    }
+
+    /// The metrics endpoint's text.
+    pub async fn scrape(&self) -> String {
+        scrape(self.metrics.expect("a metrics endpoint")).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET /metrics` over a plain HTTP/1.0 connection.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (labels as the text spells them, e.g. `state="queued"`;
+/// empty for none) in a scrape, if present.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut have: Vec<&str> = if rest.is_empty() {
+                Vec::new()
+            } else {
+                rest.split(',').collect()
+            };
+            have.sort_unstable();
+            let mut want = labels.to_vec();
+            want.sort_unstable();
+            (metric == name && have == want).then(|| value.parse().ok())?
+        })
+}
