@@ -52,7 +52,11 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
-        let telemetry = match trace::init("interaction-server", args.log_format, trace::otlp_from_env()) {
+        let telemetry = match trace::init(
+            "interaction-server",
+            args.log_format,
+            trace::otlp_from_env(),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("configuration error: {e}");

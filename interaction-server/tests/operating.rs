@@ -264,3 +264,27 @@ async fn sigterm_under_load_loses_no_acknowledged_change() {
     server.signal("INT");
     assert!(server.wait().await.success(), "SIGINT drains the same way");
 }
+
+/// The configuration file the Kubernetes manifests mount is one this server accepts.
+#[tokio::test]
+async fn the_deployed_configuration_file_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/base/config/interaction-server.toml");
+    let mut command = binary(BIN);
+    command.arg("--config").arg(file);
+    let server = start_process(dir.path(), command, false);
+    let mut admin = process_client(&server, Who::admin()).await;
+    let platform = admin
+        .agents
+        .get_platform(ixn_proto::interaction::GetPlatformRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        platform.media_types.iter().any(|m| m == "email"),
+        "{platform:?}"
+    );
+    server.signal("TERM");
+    assert!(server.wait().await.success());
+}

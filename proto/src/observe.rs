@@ -131,9 +131,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Observed<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(code), Some(call)) =
-                    (frame.trailers_ref().and_then(grpc_status), self.call.as_mut())
-                {
+                if let (Some(code), Some(call)) = (
+                    frame.trailers_ref().and_then(grpc_status),
+                    self.call.as_mut(),
+                ) {
                     call.finish(code);
                 }
             }

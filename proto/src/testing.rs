@@ -27,7 +27,10 @@ pub fn binary(path: &str, secret: &[u8]) -> std::process::Command {
         }
     }
     command
-        .env("IXN_JWT_SECRET", std::str::from_utf8(secret).expect("a text secret"))
+        .env(
+            "IXN_JWT_SECRET",
+            std::str::from_utf8(secret).expect("a text secret"),
+        )
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

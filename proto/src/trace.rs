@@ -32,10 +32,13 @@ pub fn exporting() -> bool {
 
 /// Where spans go, as the environment says: `None` when no OTLP endpoint is configured.
 pub fn otlp_from_env() -> Option<Otlp> {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
-        .then_some(Otlp { endpoint: None })
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+    .then_some(Otlp { endpoint: None })
 }
 
 /// An OTLP/gRPC destination for spans.
@@ -63,7 +66,11 @@ pub enum TelemetryError {
 /// Starts logging and, with `otlp`, span export, for the service `name` (unless `OTEL_SERVICE_NAME`
 /// or `OTEL_RESOURCE_ATTRIBUTES` names it). Call from within the runtime: the exporter's channel is
 /// a task of it.
-pub fn init(name: &str, format: LogFormat, otlp: Option<Otlp>) -> Result<Telemetry, TelemetryError> {
+pub fn init(
+    name: &str,
+    format: LogFormat,
+    otlp: Option<Otlp>,
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // RUST_LOG filters the logs only: the spans that carry trace context are made whatever the
     // log level, and only they (INFO and above) become OpenTelemetry spans, never the transport's.

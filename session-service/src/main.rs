@@ -51,7 +51,8 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
-        let telemetry = match trace::init("session-service", cli.log_format, trace::otlp_from_env()) {
+        let telemetry = match trace::init("session-service", cli.log_format, trace::otlp_from_env())
+        {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("configuration error: {e}");

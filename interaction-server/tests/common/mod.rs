@@ -401,7 +401,11 @@ pub fn is(body: &Option<Body>, kind: &str) -> bool {
 }
 
 /// Starts the server binary on `data_dir` and a free port (see [`Process::spawn`]).
-pub fn start_process(data_dir: &Path, mut command: std::process::Command, metrics: bool) -> Process {
+pub fn start_process(
+    data_dir: &Path,
+    mut command: std::process::Command,
+    metrics: bool,
+) -> Process {
     command
         .arg("--listen")
         .arg("127.0.0.1:0")

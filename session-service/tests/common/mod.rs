@@ -293,7 +293,7 @@ pub struct Desktop {
 }
 
 impl Desktop {
-    fn new(channel: Channel, agent: &str, token: String) -> Desktop {
+    pub fn new(channel: Channel, agent: &str, token: String) -> Desktop {
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
         Desktop {
             agent: agent.into(),
@@ -586,4 +586,97 @@ macro_rules! take {
             ),
         }
     };
+}
+
+/// interaction-server in this process on the system clock, and session-service as its own binary
+/// (a real process: signals, flags, the environment, its own telemetry).
+pub struct Live {
+    pub ixn: Running,
+    pub ixn_addr: SocketAddr,
+    pub sessions: ixn_proto::testing::Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Live {
+    /// Starts both; `metrics` serves interaction-server's `/metrics` (once per test process: the
+    /// recorder is global) and `session_metrics` session-service's; `configure` adds to
+    /// session-service's command line and environment.
+    pub async fn start(
+        metrics: Option<TcpListener>,
+        session_metrics: bool,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Live {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ixn_addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut options = interaction_server::server::Options::new(
+            dir.path().join("interaction-server"),
+            vec![secret()],
+            Platform::from_config(&platform()).unwrap(),
+            Clock::System,
+        );
+        options.metrics = metrics;
+        let handle = tokio::spawn(async move {
+            interaction_server::server::serve(listener, options, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let mut command = ixn_proto::testing::binary(env!("CARGO_BIN_EXE_session-service"), SECRET);
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("session-service"))
+            .arg("--interaction-server")
+            .arg(format!("http://{ixn_addr}"))
+            .arg("--log-format")
+            .arg("json");
+        if session_metrics {
+            command.arg("--metrics-listen").arg("127.0.0.1:0");
+        }
+        configure(&mut command);
+        let sessions =
+            ixn_proto::testing::Process::spawn(command, "session-service serving", session_metrics);
+        Live {
+            ixn: Running {
+                addr: ixn_addr,
+                shutdown: Some(tx),
+                handle,
+            },
+            ixn_addr,
+            sessions,
+            _dir: dir,
+        }
+    }
+
+    pub fn token(role: Role, sub: &str, agent: Option<&str>) -> String {
+        let mut claims = Claims::new(role, sub, "t1", Clock::System.now_secs(), 3_600);
+        claims.agent_id = agent.map(str::to_owned);
+        auth::mint(&secret(), &claims)
+    }
+
+    pub fn desktop(&self, agent: &str) -> Desktop {
+        let token = Self::token(Role::Agent, agent, Some(agent));
+        Desktop::new(Stack::channel(self.sessions.addr), agent, token)
+    }
+
+    pub fn ixn(&self, role: Role, sub: &str) -> Ixn {
+        let agent = (role == Role::Agent).then_some(sub);
+        let bearer = Bearer(
+            format!("Bearer {}", Self::token(role, sub, agent))
+                .parse()
+                .unwrap(),
+        );
+        let channel = Stack::channel(self.ixn_addr);
+        Ixn {
+            interactions: InteractionServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            events: EventServiceClient::with_interceptor(channel, bearer),
+        }
+    }
 }
