@@ -288,3 +288,33 @@ async fn the_deployed_configuration_file_is_accepted() {
     server.signal("TERM");
     assert!(server.wait().await.success());
 }
+
+/// Logs are human-readable lines by default, JSON objects with `--log-format json` (the other
+/// tests read those), and `RUST_LOG` chooses what is logged: here only the shared library's lines,
+/// so the first one is the metrics endpoint's, not the server's own (which comes before it).
+#[test]
+fn logs_are_text_by_default_and_filtered_by_rust_log() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = binary(BIN);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "ixn_proto=info");
+    let mut child = command.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!first.starts_with('{'), "{first}");
+    assert!(
+        first.contains("INFO") && first.contains("metrics serving metrics_listen=127.0.0.1:"),
+        "{first}"
+    );
+}

@@ -19,6 +19,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -44,6 +45,13 @@ const BATCH: &[f64] = &[
 /// How often recorded histogram samples are folded into their buckets between scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// Whether a recorder is installed: without one, nothing is worth preparing for it.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+pub fn enabled() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
+
 /// Installs the process's recorder. Call once, from within the runtime, before serving.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
@@ -53,6 +61,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
+    INSTALLED.store(true, Ordering::Relaxed);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -123,6 +132,9 @@ where
 
 /// A finished RPC.
 pub fn rpc(method: &str, code: &'static str, took: Duration) {
+    if !enabled() {
+        return;
+    }
     let labels = [("method", method.to_owned()), ("code", code.to_owned())];
     metrics::counter!(RPC_REQUESTS, &labels).increment(1);
     metrics::histogram!(RPC_DURATION, &labels).record(took.as_secs_f64());
