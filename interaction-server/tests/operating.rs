@@ -8,6 +8,9 @@ use ixn_proto::event::interaction_id;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_interaction-server");
 
@@ -205,8 +208,29 @@ async fn sigterm_under_load_loses_no_acknowledged_change() {
             }
         }));
     }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = |s: Option<HealthCheckResponse>| ServingStatus::try_from(s.unwrap().status);
+    assert_eq!(status(health.message().await.unwrap()), Ok(ServingStatus::Serving));
     enough.wait_for(|n| *n >= 200).await.unwrap();
     server.signal("TERM");
+    assert_eq!(
+        status(health.message().await.unwrap()),
+        Ok(ServingStatus::NotServing),
+        "load balancers are told first"
+    );
+    // A watch is a call in flight like any other: the drain would wait for it.
+    drop(health);
 
     // The stream ends with a status a client resumes from.
     let mut seen = Vec::new();
