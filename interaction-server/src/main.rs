@@ -63,23 +63,14 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on {}: {e}", args.listen);
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        let metrics = match args.metrics_listen {
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
+        let (listener, metrics) =
+            match ixn_proto::hosting::bind(args.listen, args.metrics_listen).await {
+                Ok(bound) => bound,
                 Err(e) => {
-                    eprintln!("cannot listen on {addr} (--metrics-listen): {e}");
+                    eprintln!("configuration error: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
-            },
-            None => None,
-        };
+            };
         let options = Options {
             data_dir: args.data_dir,
             secrets,

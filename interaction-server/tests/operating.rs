@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use ixn_proto::event::interaction_id;
+use ixn_proto::testing::output;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tonic::Code;
@@ -14,42 +15,32 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_interaction-server");
 
-fn run(command: &mut std::process::Command) -> (Option<i32>, String, String) {
-    let out = command
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("server.toml");
 
-    let (code, _, err) = run(binary(BIN).args(["--listen", "nowhere"]));
+    let (code, _, err) = output(binary(BIN).args(["--listen", "nowhere"]));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--listen"), "{err}");
 
-    let (code, _, err) = run(binary(BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .env("IXN_SHUTDOWN_GRACE_MS", "soon"));
+    let (code, _, err) = output(
+        binary(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("IXN_SHUTDOWN_GRACE_MS", "soon"),
+    );
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--shutdown-grace-ms"), "{err}");
 
     std::fs::write(&file, "metrics_listne = \"127.0.0.1:0\"\n").unwrap();
-    let (code, _, err) = run(binary(BIN).arg("--config").arg(&file));
+    let (code, _, err) = output(binary(BIN).arg("--config").arg(&file));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("unknown setting `metrics_listne`"), "{err}");
 
     std::fs::write(&file, "metrics_listen = \"everywhere\"\n").unwrap();
-    let (code, _, err) = run(binary(BIN).env("IXN_CONFIG", &file));
+    let (code, _, err) = output(binary(BIN).env("IXN_CONFIG", &file));
     assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("--metrics-listen") && err.contains("server.toml"),
@@ -57,7 +48,7 @@ fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
     );
 
     std::fs::write(&file, "[platform]\ninvite_timeout_ms = \"long\"\n").unwrap();
-    let (code, _, err) = run(binary(BIN).arg("--config").arg(&file));
+    let (code, _, err) = output(binary(BIN).arg("--config").arg(&file));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("invite_timeout"), "{err}");
 
@@ -69,7 +60,7 @@ fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
 
 #[test]
 fn help_documents_every_setting_and_its_variable() {
-    let (code, out, _) = run(binary(BIN).arg("--help"));
+    let (code, out, _) = output(binary(BIN).arg("--help"));
     assert_eq!(code, Some(0));
     for (flag, env) in [
         ("--listen", "IXN_LISTEN"),
@@ -221,7 +212,10 @@ async fn sigterm_under_load_loses_no_acknowledged_change() {
         .unwrap()
         .into_inner();
     let status = |s: Option<HealthCheckResponse>| ServingStatus::try_from(s.unwrap().status);
-    assert_eq!(status(health.message().await.unwrap()), Ok(ServingStatus::Serving));
+    assert_eq!(
+        status(health.message().await.unwrap()),
+        Ok(ServingStatus::Serving)
+    );
     enough.wait_for(|n| *n >= 200).await.unwrap();
     server.signal("TERM");
     assert_eq!(

@@ -212,6 +212,26 @@ async fn follow_health(
     }
 }
 
+/// Binds the gRPC listener and, if asked for, the metrics one; an address that cannot be bound is
+/// a configuration error naming its setting.
+pub async fn bind(
+    listen: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(TcpListener, Option<TcpListener>), String> {
+    let grpc = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen} (--listen): {e}"))?;
+    let metrics = match metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    Ok((grpc, metrics))
+}
+
 /// Completes on SIGTERM (Kubernetes) or SIGINT (a developer's Ctrl-C): both drain the same way.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

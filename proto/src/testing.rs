@@ -7,6 +7,19 @@ use std::time::Duration;
 /// a way of waiting for time to pass.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Runs `command` to its end: its exit code, standard output and standard error.
+pub fn output(command: &mut std::process::Command) -> (Option<i32>, String, String) {
+    let out = command
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A service's binary, running as a child process with JSON logs on a pipe: for what only a real
 /// process shows (signals, exit codes, flags, the environment, `/metrics`).
 pub struct Process {

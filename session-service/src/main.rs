@@ -59,23 +59,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(cli.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on {}: {e}", cli.listen);
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        let metrics = match cli.metrics_listen {
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => Some(l),
+        let (listener, metrics) =
+            match ixn_proto::hosting::bind(cli.listen, cli.metrics_listen).await {
+                Ok(bound) => bound,
                 Err(e) => {
-                    eprintln!("cannot listen on {addr} (--metrics-listen): {e}");
+                    eprintln!("configuration error: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
-            },
-            None => None,
-        };
+            };
         let options = Options {
             metrics,
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),

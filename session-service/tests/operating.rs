@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use ixn_proto::testing::{binary, sample, scrape};
+use ixn_proto::testing::{binary, output, sample, scrape};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -15,45 +15,35 @@ fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn run(command: &mut std::process::Command) -> (Option<i32>, String, String) {
-    let out = command
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_bad_setting_exits_64_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sessions.toml");
-    let (code, _, err) = run(binary(BIN, SECRET).args(["--switch-timeout-ms", "0"]));
+    let (code, _, err) = output(binary(BIN, SECRET).args(["--switch-timeout-ms", "0"]));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--switch-timeout-ms"), "{err}");
 
-    let (code, _, err) = run(binary(BIN, SECRET).env("IXN_SESSION_LISTEN", "here"));
+    let (code, _, err) = output(binary(BIN, SECRET).env("IXN_SESSION_LISTEN", "here"));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--listen"), "{err}");
 
     std::fs::write(&file, "[platform]\n").unwrap();
-    let (code, _, err) = run(binary(BIN, SECRET).env("IXN_SESSION_CONFIG", &file));
+    let (code, _, err) = output(binary(BIN, SECRET).env("IXN_SESSION_CONFIG", &file));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("unknown table [platform]"), "{err}");
 
-    let (code, _, err) = run(binary(BIN, SECRET)
-        .env_remove("IXN_JWT_SECRET")
-        .args(["--interaction-server", "http://127.0.0.1:1"]));
+    let (code, _, err) = output(
+        binary(BIN, SECRET)
+            .env_remove("IXN_JWT_SECRET")
+            .args(["--interaction-server", "http://127.0.0.1:1"]),
+    );
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("IXN_JWT_SECRET"), "{err}");
 }
 
 #[test]
 fn help_documents_every_setting_and_its_variable() {
-    let (code, out, _) = run(binary(BIN, SECRET).arg("--help"));
+    let (code, out, _) = output(binary(BIN, SECRET).arg("--help"));
     assert_eq!(code, Some(0));
     for (flag, env) in [
         ("--listen", "IXN_SESSION_LISTEN"),
