@@ -144,8 +144,6 @@ impl Engine {
         clock: Clock,
     ) -> Result<Arc<Engine>, StoreError> {
         let (state, head) = store.load()?;
-        // Everything loaded is live.
-        let stopped = store.count_interactions()? - state.interactions.len() as u64;
         let readers = store.readers();
         let log = Arc::new(Log::new(head, readers.clone()));
         let platform = Arc::new(platform);
@@ -154,7 +152,7 @@ impl Engine {
         let health = StoreHealth::default();
         let writer = Writer {
             health: health.clone(),
-            stopped,
+            stopped: None,
             store,
             state,
             next_seq: head + 1,
@@ -256,8 +254,9 @@ async fn invite_timer(
 /// What the writer thread owns.
 struct Writer {
     health: StoreHealth,
-    /// How many interactions are stopped (they live in the store alone).
-    stopped: u64,
+    /// How many interactions are stopped (they live in the store alone): counted in the store at
+    /// the first census (only metrics ask), then kept up to date by each commit.
+    stopped: Option<u64>,
     store: Store,
     state: State,
     next_seq: u64,
@@ -326,10 +325,12 @@ impl Writer {
         match result {
             Ok(()) => {
                 ixn_proto::measure::commit(started.elapsed(), changes);
-                self.stopped += entries
-                    .iter()
-                    .filter(|e| e.kind == "ProcessingStopped")
-                    .count() as u64;
+                if let Some(stopped) = self.stopped.as_mut() {
+                    *stopped += entries
+                        .iter()
+                        .filter(|e| e.kind == "ProcessingStopped")
+                        .count() as u64;
+                }
                 self.log.publish(entries);
                 for (tx, answer) in pending {
                     if let Some(tx) = tx {
@@ -365,14 +366,22 @@ impl Writer {
         });
     }
 
-    fn census(&self) -> Census {
+    fn census(&mut self) -> Census {
         let mut census = Census::default();
         for i in self.state.interactions.values() {
             if i.phase != domain::Phase::Stopped {
                 census.0[Census::index(i.phase)] += 1;
             }
         }
-        census.0[Census::index(domain::Phase::Stopped)] = self.stopped;
+        if self.stopped.is_none() {
+            // Between batches everything in memory is live; the rest of the store is stopped.
+            let live: u64 = census.0.iter().sum();
+            match self.store.count_interactions() {
+                Ok(all) => self.stopped = Some(all.saturating_sub(live)),
+                Err(e) => tracing::warn!(error = %e, "stopped interactions cannot be counted"),
+            }
+        }
+        census.0[Census::index(domain::Phase::Stopped)] = self.stopped.unwrap_or(0);
         census
     }
 

@@ -16,6 +16,7 @@ use ixn_proto::interaction::interaction_service_server::InteractionServiceServer
 use ixn_proto::measure;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -89,10 +90,11 @@ pub async fn serve(
 
     if let Some(listener) = options.metrics {
         let handle = measure::install().map_err(ServeError::Metrics)?;
-        let engine = engine.clone();
+        let engine = Arc::downgrade(&engine);
         let refresh = move || {
-            let engine = engine.clone();
+            let engine = engine.upgrade();
             async move {
+                let Some(engine) = engine else { return };
                 measure::set(measure::SUBSCRIBER_LAG, engine.log.max_lag() as f64);
                 if let Some(census) = engine.census().await {
                     for (state, n) in Census::STATES.iter().zip(census.0) {
@@ -103,11 +105,16 @@ pub async fn serve(
         };
         tokio::spawn(measure::serve(listener, handle, refresh));
     }
+    // Weak: the task must not keep the engine (and its health) alive once the server is gone.
     tokio::spawn(engine.health.clone().probe_while_down({
-        let engine = engine.clone();
+        let engine = Arc::downgrade(&engine);
         move || {
-            let engine = engine.clone();
-            async move { engine.probe().await }
+            let engine = engine.upgrade();
+            async move {
+                if let Some(engine) = engine {
+                    engine.probe().await
+                }
+            }
         }
     }));
 

@@ -75,10 +75,6 @@ impl StoreHealth {
         });
     }
 
-    pub fn is_ok(&self) -> bool {
-        *self.0.borrow()
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.0.subscribe()
     }

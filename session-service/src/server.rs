@@ -124,11 +124,16 @@ pub async fn serve(
         };
         tokio::spawn(measure::serve(listener, handle, refresh));
     }
+    // Weak: the task must not keep the writer (and its health) alive once the server is gone.
     tokio::spawn(writer.health.clone().probe_while_down({
-        let writer = writer.clone();
+        let writer = Arc::downgrade(&writer);
         move || {
-            let writer = writer.clone();
-            async move { writer.probe().await }
+            let writer = writer.upgrade();
+            async move {
+                if let Some(writer) = writer {
+                    writer.probe().await
+                }
+            }
         }
     }));
 
