@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Directory of the SQLite database (and the generated signing secret, if none is given).
     #[arg(long, env = "IXN_DATA_DIR", default_value = "data/interaction-server")]
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of the shared store (`postgres://user:password@host/db`), instead of SQLite in
+    /// the data directory: several replicas may serve one database at once.
+    #[arg(long, env = "IXN_DATABASE_URL", value_parser = ixn_proto::pg::parse_url, hide_env_values = true)]
+    pub database_url: Option<String>,
     /// File holding the signing secret (`secret`, or lines of `kid=secret`); `IXN_JWT_SECRET` wins.
     #[arg(long, env = "IXN_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,

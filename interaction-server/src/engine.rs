@@ -10,10 +10,19 @@
 //!
 //! Sequences are assigned here, contiguously, and become visible in that order. If a commit fails,
 //! nobody was answered yes: the state is reloaded from the store and every caller gets UNAVAILABLE.
+//!
+//! On a store several replicas share, the transaction first takes the writers' lock and folds in
+//! the events other replicas committed since this one last looked (they are published to this
+//! replica's subscribers as well), so every command is decided against the current state. Between
+//! batches a notification from the store has the writer fold them in too. Every row written is a
+//! compare-and-set; should one fail (the state was wrong), the state is reloaded and the batch is
+//! decided again, so no command fails because of another.
 
-use crate::domain::{self, Caller, Command, Ctx, Decision, Micros, Platform, Reply, State};
+use crate::domain::{
+    self, AgentKey, Caller, Command, Ctx, Decision, Micros, Platform, Reply, State,
+};
 use crate::error::Error;
-use crate::store::{Readers, Rows, Store, StoreError};
+use crate::store::{Reads, Store, StoreError, Tx};
 use ixn_proto::auth::Role;
 use ixn_proto::clock::Clock;
 use ixn_proto::error::{Failure, Reason};
@@ -21,9 +30,11 @@ use ixn_proto::events::Event;
 use ixn_proto::hosting::StoreHealth;
 use ixn_proto::interaction as pb;
 use ixn_proto::log::{Log, LogEntry};
+use ixn_proto::store::{Batch, REPLAY_CHUNK};
 use prost::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -102,6 +113,8 @@ enum Job {
     Probe(oneshot::Sender<()>),
     /// How many interactions are in each state (for the metrics).
     Census(oneshot::Sender<Census>),
+    /// Another replica committed: fold its events in.
+    CatchUp,
 }
 
 /// Interactions by state, in [`Census::STATES`] order.
@@ -128,7 +141,7 @@ pub struct Engine {
     /// Taken away at shutdown: the writer ends once the last sender is gone.
     jobs: std::sync::RwLock<Option<mpsc::Sender<Job>>>,
     pub log: Arc<Log>,
-    pub readers: Readers,
+    pub reads: Reads,
     pub platform: Arc<Platform>,
     pub clock: Clock,
     /// Whether the last commit (or probe) reached the store.
@@ -137,30 +150,54 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the state from the store and starts the writer thread and the invite timer.
-    pub fn start(
-        store: Store,
+    /// Loads the state from the store and starts the writer thread and the invite timer (and, on
+    /// a shared store, the listener for other replicas' commits).
+    pub fn start<S: Store>(
+        mut store: S,
         platform: Platform,
         clock: Clock,
     ) -> Result<Arc<Engine>, StoreError> {
-        let (state, head) = store.load()?;
-        let readers = store.readers();
-        let log = Arc::new(Log::new(head, readers.clone()));
+        let loaded = store.load()?;
+        let reads = store.reads();
+        let log = Arc::new(Log::new(loaded.head, reads.history()));
         let platform = Arc::new(platform);
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        let (deadline_tx, deadline_rx) = watch::channel(state.next_deadline());
+        let (deadline_tx, deadline_rx) = watch::channel(loaded.state.next_deadline());
         let health = StoreHealth::default();
+        let catch_up = Arc::new(AtomicBool::new(false));
+        if let Some(listener) = store.listen(Box::new({
+            let jobs = jobs.downgrade();
+            let catch_up = catch_up.clone();
+            move || {
+                let Some(jobs) = jobs.upgrade() else {
+                    return false;
+                };
+                // One waiting catch-up covers every commit notified before it runs. When the
+                // queue is full, the batches ahead fold the events in anyway.
+                if !catch_up.swap(true, Ordering::AcqRel) && jobs.try_send(Job::CatchUp).is_err() {
+                    catch_up.store(false, Ordering::Release);
+                }
+                true
+            }
+        })) {
+            tokio::spawn(listener);
+        }
         let writer = Writer {
-            health: health.clone(),
-            stopped: None,
             store,
-            state,
-            next_seq: head + 1,
-            log: log.clone(),
-            platform: platform.clone(),
+            core: Core {
+                health: health.clone(),
+                stopped: None,
+                state: loaded.state,
+                agent_versions: loaded.agent_versions,
+                next_seq: loaded.head + 1,
+                log: log.clone(),
+                platform: platform.clone(),
+            },
             clock: clock.clone(),
             deadline: deadline_tx,
             last_prune: 0,
+            catch_up,
+            stale: false,
         };
         let handle = std::thread::Builder::new()
             .name("ixn-writer".into())
@@ -169,7 +206,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             jobs: std::sync::RwLock::new(Some(jobs)),
             log,
-            readers,
+            reads,
             platform,
             clock,
             health,
@@ -252,50 +289,106 @@ async fn invite_timer(
 }
 
 /// What the writer thread owns.
-struct Writer {
+struct Writer<S> {
+    store: S,
+    core: Core,
+    clock: Clock,
+    deadline: watch::Sender<Option<Micros>>,
+    last_prune: Micros,
+    /// Set while a [`Job::CatchUp`] waits.
+    catch_up: Arc<AtomicBool>,
+    /// The state could not be read back after a failed commit.
+    stale: bool,
+}
+
+/// The state the writer decides against, and what it keeps in step with it.
+struct Core {
     health: StoreHealth,
     /// How many interactions are stopped (they live in the store alone): counted in the store at
     /// the first census (only metrics ask), then kept up to date by each commit.
     stopped: Option<u64>,
-    store: Store,
     state: State,
+    /// Each agent row's version: the sequence of the last event that changed it.
+    agent_versions: HashMap<AgentKey, u64>,
     next_seq: u64,
     log: Arc<Log>,
     platform: Arc<Platform>,
-    clock: Clock,
-    deadline: watch::Sender<Option<Micros>>,
-    last_prune: Micros,
 }
 
-type Pending = (
-    Option<oneshot::Sender<Result<Answer, Error>>>,
-    Result<Answer, Error>,
-);
+/// What one attempt at a batch produced, for the callers once it commits.
+#[derive(Default)]
+struct Outcome {
+    /// The answer to each job of the batch, by position (none for the invite timer's).
+    answers: Vec<Option<Result<Answer, Error>>>,
+    entries: Vec<Arc<LogEntry>>,
+    /// The interactions changed, with the version each had before the batch (`None`: new).
+    touched: BTreeMap<uuid::Uuid, Option<u64>>,
+    /// The agents changed, with the version each row had before the batch.
+    agents: BTreeMap<AgentKey, u64>,
+    /// Stopped interactions read from the store for a command, forgotten after the batch.
+    loaded: Vec<uuid::Uuid>,
+}
 
-impl Writer {
+/// The rows one event changed.
+struct Folded {
+    interaction: Option<(uuid::Uuid, Option<u64>)>,
+    agents: Vec<AgentKey>,
+}
+
+impl<S: Store> Writer<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(batch) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
+        while let Some(batch) = ixn_proto::store::next_batch(&mut rx, MAX_BATCH) {
             self.run_batch(batch);
         }
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let mut batch = Vec::with_capacity(jobs.len());
+        let mut catch_up = false;
         for job in jobs {
             match job {
                 Job::Probe(done) => {
-                    self.health.report(self.store.probe().is_ok());
+                    let ok =
+                        self.store.probe().is_ok() && (!self.stale || self.try_reload().is_ok());
+                    self.core.health.report(ok);
                     let _ = done.send(());
                 }
                 Job::Census(reply) => {
-                    let _ = reply.send(self.census());
+                    let _ = reply.send(self.core.census(&mut self.store));
                 }
+                Job::CatchUp => catch_up = true,
                 job => batch.push(job),
             }
         }
-        if batch.is_empty() {
+        let now = self.clock.now();
+        if self.stale && self.try_reload().is_err() {
+            for job in batch {
+                if let Job::Execute(_, tx) = job {
+                    let _ = tx.send(Err(Error::Unavailable("the store is unreachable")));
+                }
+            }
             return;
         }
+        if catch_up && batch.is_empty() {
+            self.catch_up.store(false, Ordering::Release);
+            if let Err(e) = self.fold_committed() {
+                tracing::error!(error = %e, "other replicas' events cannot be read; reloading");
+                self.reload();
+            }
+        }
+        if !batch.is_empty() {
+            self.commit_batch(batch, now);
+        }
+        self.deadline.send_if_modified(|d| {
+            let next = self.core.state.next_deadline();
+            let changed = *d != next;
+            *d = next;
+            changed || next.is_some_and(|n| n <= now)
+        });
+    }
+
+    /// Decides, writes and commits a batch, then answers its callers and publishes its events.
+    fn commit_batch(&mut self, mut batch: Vec<Job>, now: Micros) {
         let started = std::time::Instant::now();
         let changes = batch.len();
         let span = ixn_proto::trace::linked_span(
@@ -307,66 +400,117 @@ impl Writer {
             }),
         );
         let _commit = span.enter();
-        let now = self.clock.now();
-        let first_seq = self.next_seq;
-        let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut entries = Vec::new();
-        let mut touched = BTreeSet::new();
-        let mut agents = BTreeSet::new();
-        let result = self.apply_batch(
-            batch,
-            now,
-            &mut pending,
-            &mut entries,
-            &mut touched,
-            &mut agents,
-        );
-        self.health.report(result.is_ok());
-        match result {
-            Ok(()) => {
-                ixn_proto::measure::commit(started.elapsed(), changes);
-                if let Some(stopped) = self.stopped.as_mut() {
-                    *stopped += entries
-                        .iter()
-                        .filter(|e| e.kind == "ProcessingStopped")
-                        .count() as u64;
+        let mut retried = false;
+        let result = loop {
+            let mut outcome = Outcome::default();
+            let result = self.attempt(&batch, now, &mut outcome);
+            match result {
+                Err(StoreError::Conflict(what)) if !retried => {
+                    // The state was not the store's: read it again and decide again.
+                    tracing::warn!(%what, "a compare-and-set failed; deciding the batch again");
+                    self.reload();
+                    retried = true;
                 }
-                self.log.publish(entries);
-                for (tx, answer) in pending {
-                    if let Some(tx) = tx {
+                result => break result.map(|()| outcome),
+            }
+        };
+        self.core.health.report(result.is_ok());
+        match result {
+            Ok(outcome) => {
+                ixn_proto::measure::commit(started.elapsed(), changes);
+                self.core.count_stopped(&outcome.entries);
+                self.core.log.publish(outcome.entries);
+                for (job, answer) in batch.drain(..).zip(outcome.answers) {
+                    if let (Job::Execute(_, tx), Some(answer)) = (job, answer) {
                         let _ = tx.send(answer);
                     }
                 }
-                for id in touched {
-                    self.state.forget_stopped(id);
+                for id in outcome.touched.keys() {
+                    self.core.state.forget_stopped(*id);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "batch commit failed; reloading the state from the store");
-                for (tx, _) in pending {
-                    if let Some(tx) = tx {
+                for job in batch {
+                    if let Job::Execute(_, tx) = job {
                         let _ = tx.send(Err(Error::Unavailable("the store failed to commit")));
                     }
                 }
-                match self.store.load() {
-                    Ok((state, head)) => {
-                        self.state = state;
-                        self.next_seq = head + 1;
-                    }
-                    Err(e) => panic!("the store cannot be read back after a failed commit: {e}"),
-                }
-                debug_assert!(self.next_seq >= first_seq);
+                self.reload();
             }
         }
-        self.deadline.send_if_modified(|d| {
-            let next = self.state.next_deadline();
-            let changed = *d != next;
-            *d = next;
-            changed || next.is_some_and(|n| n <= now)
-        });
     }
 
-    fn census(&mut self) -> Census {
+    /// Reads the state back from the store, and publishes what other replicas committed that this
+    /// one's subscribers have not seen. Until that succeeds the state is stale: nothing is decided
+    /// against it (every command is UNAVAILABLE) and each probe tries again.
+    fn reload(&mut self) {
+        self.stale = true;
+        if let Err(e) = self.try_reload() {
+            tracing::error!(error = %e, "the state cannot be read back from the store; retrying");
+            self.core.health.report(false);
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<(), StoreError> {
+        let loaded = self.store.load()?;
+        let core = &mut self.core;
+        core.state = loaded.state;
+        core.agent_versions = loaded.agent_versions;
+        core.next_seq = loaded.head + 1;
+        let mut published = core.log.head();
+        while published < loaded.head {
+            let entries = self.store.events_after(published, REPLAY_CHUNK)?;
+            let Some(last) = entries.last().map(|e| e.sequence) else {
+                break;
+            };
+            published = last;
+            core.count_stopped(&entries);
+            core.log.publish(entries);
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Folds in (and publishes) the events other replicas committed since the last look.
+    fn fold_committed(&mut self) -> Result<(), StoreError> {
+        loop {
+            let entries = self
+                .store
+                .events_after(self.core.next_seq - 1, REPLAY_CHUNK)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            self.core.fold_foreign(entries)?;
+        }
+    }
+
+    /// One attempt at a batch, in one transaction.
+    fn attempt(&mut self, batch: &[Job], now: Micros, out: &mut Outcome) -> Result<(), StoreError> {
+        let mut tx = self.store.begin()?;
+        let core = &mut self.core;
+        if let Some(head) = tx.shared_head() {
+            // Under the writers' lock: what other replicas committed comes first.
+            self.catch_up.store(false, Ordering::Release);
+            while core.next_seq <= head {
+                let entries = tx.events_after(core.next_seq - 1, REPLAY_CHUNK)?;
+                if entries.is_empty() {
+                    return Err(StoreError::Conflict(format!("the log (head {head})")));
+                }
+                core.fold_foreign(entries)?;
+            }
+        }
+        core.apply(&mut tx, batch, now, out)?;
+        if now - self.last_prune > PRUNE_EVERY_US {
+            tx.prune_requests(now - REQUEST_RETENTION_US)?;
+            self.last_prune = now;
+        }
+        tx.commit()
+    }
+}
+
+impl Core {
+    fn census<S: Store>(&mut self, store: &mut S) -> Census {
         let mut census = Census::default();
         for i in self.state.interactions.values() {
             if i.phase != domain::Phase::Stopped {
@@ -376,7 +520,7 @@ impl Writer {
         if self.stopped.is_none() {
             // Between batches everything in memory is live; the rest of the store is stopped.
             let live: u64 = census.0.iter().sum();
-            match self.store.count_interactions() {
+            match store.count_interactions() {
                 Ok(all) => self.stopped = Some(all.saturating_sub(live)),
                 Err(e) => tracing::warn!(error = %e, "stopped interactions cannot be counted"),
             }
@@ -385,179 +529,248 @@ impl Writer {
         census
     }
 
-    fn apply_batch(
+    fn count_stopped(&mut self, entries: &[Arc<LogEntry>]) {
+        if let Some(stopped) = self.stopped.as_mut() {
+            *stopped += entries
+                .iter()
+                .filter(|e| e.kind == "ProcessingStopped")
+                .count() as u64;
+        }
+    }
+
+    /// Folds one event into the state; says which rows it changed.
+    fn fold(
         &mut self,
-        batch: Vec<Job>,
+        tenant: &str,
+        sequence: u64,
+        time: Micros,
+        body: &ixn_proto::events::event::Body,
+    ) -> Folded {
+        let id = ixn_proto::event::interaction_id(body).and_then(|i| i.parse::<uuid::Uuid>().ok());
+        let before = id
+            .and_then(|id| self.state.interactions.get(&id))
+            .map(|i| i.version);
+        // The agents holding the interaction before and after: their loads change.
+        let mut holders = holders_of(&self.state, id);
+        self.state.evolve(tenant, sequence, time, body);
+        holders.extend(holders_of(&self.state, id));
+        let mut agents: Vec<AgentKey> = holders
+            .iter()
+            .map(|a| AgentKey::new(tenant, a))
+            .chain(agents_named(tenant, body))
+            .collect();
+        agents.sort();
+        agents.dedup();
+        Folded {
+            interaction: id.map(|id| (id, before)),
+            agents,
+        }
+    }
+
+    /// Folds in events another replica committed, and publishes them here.
+    fn fold_foreign(&mut self, entries: Vec<Arc<LogEntry>>) -> Result<(), StoreError> {
+        for entry in &entries {
+            if entry.sequence != self.next_seq {
+                return Err(StoreError::Conflict(format!(
+                    "the log (sequence {} where {} was next)",
+                    entry.sequence, self.next_seq
+                )));
+            }
+            let Some(body) = entry.event.body.as_ref() else {
+                return Err(StoreError::Corrupt(format!("event {}", entry.sequence)));
+            };
+            let time = entry
+                .event
+                .time
+                .as_ref()
+                .map(ixn_proto::clock::micros)
+                .unwrap_or_default();
+            let folded = self.fold(&entry.tenant, entry.sequence, time, body);
+            for key in folded.agents {
+                self.agent_versions.insert(key, entry.sequence);
+            }
+            if let Some((id, _)) = folded.interaction {
+                self.state.forget_stopped(id);
+            }
+            self.next_seq += 1;
+        }
+        self.count_stopped(&entries);
+        self.log.publish(entries);
+        Ok(())
+    }
+
+    /// Decides each command of the batch and writes what it changed.
+    fn apply<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        batch: &[Job],
         now: Micros,
-        pending: &mut Vec<Pending>,
-        entries: &mut Vec<Arc<LogEntry>>,
-        touched: &mut BTreeSet<Uuid>,
-        agents: &mut BTreeSet<domain::AgentKey>,
+        out: &mut Outcome,
     ) -> Result<(), StoreError> {
-        let tx = self.store.begin()?;
-        let mut new_id = Uuid::now_v7;
-        let mut loaded = Vec::new();
+        let mut new_id: fn() -> uuid::Uuid = uuid::Uuid::now_v7;
+        let system = Submission {
+            caller: Caller {
+                tenant: String::new(),
+                role: Role::Admin,
+                sub: "system".into(),
+                agent_id: None,
+            },
+            request_id: String::new(),
+            fingerprint: Vec::new(),
+            command: Command::ExpireInvites,
+            traceparent: String::new(),
+        };
         for job in batch {
-            let (submission, reply) = match job {
-                Job::Execute(s, reply) => (*s, Some(reply)),
-                Job::Expire => {
-                    let system = Caller {
-                        tenant: String::new(),
-                        role: Role::Admin,
-                        sub: "system".into(),
-                        agent_id: None,
-                    };
-                    let s = Submission {
-                        caller: system,
-                        request_id: String::new(),
-                        fingerprint: Vec::new(),
-                        command: Command::ExpireInvites,
-                        traceparent: String::new(),
-                    };
-                    (s, None)
-                }
+            let submission = match job {
+                Job::Execute(s, _) => s.as_ref(),
+                Job::Expire => &system,
                 // Taken out of the batch before it opens.
-                Job::Probe(_) | Job::Census(_) => continue,
-            };
-            let method = submission.command.name();
-            let caller = &submission.caller;
-            if !submission.request_id.is_empty()
-                && let Some(done) =
-                    tx.request(&caller.tenant, &caller.sub, method, &submission.request_id)?
-            {
-                let answer = if done.fingerprint == submission.fingerprint {
-                    Answer::decode(&submission.command, &done.response)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                        .map_err(Error::from)
-                } else {
-                    Err(Failure::new(
-                        Reason::RequestIdReused,
-                        "this request_id was used for a different request",
-                    )
-                    .with_meta("request_id", &submission.request_id)
-                    .into())
-                };
-                pending.push((reply, answer));
-                continue;
-            }
-            // A stopped interaction lives in the store alone; the domain needs it to answer
-            // ALREADY_STOPPED (it is forgotten again after the batch, and not rewritten).
-            if let Some(id) = submission.command.interaction_id()
-                && !self.state.interactions.contains_key(&id)
-                && let Some(stopped) = tx.interaction(id)?
-            {
-                self.state.insert(stopped);
-                loaded.push(id);
-            }
-            let mut ctx = Ctx {
-                now,
-                platform: &self.platform,
-                new_id: &mut new_id,
-            };
-            let decision = match domain::decide(&self.state, caller, &submission.command, &mut ctx)
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    pending.push((reply, Err(e.into())));
+                Job::Probe(_) | Job::Census(_) | Job::CatchUp => {
+                    out.answers.push(None);
                     continue;
                 }
             };
-            let Decision {
-                events,
-                reply: plan,
-            } = decision;
-            let mut last_seq = 0;
-            for emitted in events {
-                let body = emitted.body;
-                let interaction_id = ixn_proto::event::interaction_id(&body).map(str::to_owned);
-                let parsed = interaction_id
-                    .as_deref()
-                    .and_then(|i| i.parse::<Uuid>().ok());
-                // An event's tenant is its interaction's (the invite timer works across tenants).
-                let tenant = parsed
-                    .and_then(|id| self.state.interactions.get(&id))
-                    .map(|i| i.tenant.clone())
-                    .unwrap_or_else(|| caller.tenant.clone());
-                let sequence = self.next_seq;
-                self.next_seq += 1;
-                last_seq = sequence;
-                // The agents holding the interaction before and after: their loads change.
-                let mut holders = holders_of(&self.state, parsed);
-                self.state.evolve(&tenant, sequence, now, &body);
-                holders.extend(holders_of(&self.state, parsed));
-                agents.extend(holders.iter().map(|a| domain::AgentKey::new(&tenant, a)));
-                if let Some(id) = parsed {
-                    touched.insert(id);
-                }
-                agents.extend(agents_named(&tenant, &body));
-                let submitter = parsed
-                    .and_then(|id| self.state.interactions.get(&id))
-                    .map(|i| domain::party_key(&i.submitted_by));
-                let entry = LogEntry {
-                    sequence,
-                    tenant: tenant.clone(),
-                    kind: ixn_proto::event::kind(&body),
-                    interaction_id,
-                    reporting: ixn_proto::event::is_reporting(&body),
-                    recipients: emitted.to.iter().map(domain::party_key).collect(),
-                    submitter,
-                    event: Event {
-                        sequence,
-                        event_id: Uuid::now_v7().to_string(),
-                        time: Some(domain::timestamp(now)),
-                        source: ixn_proto::event::SOURCE_INTERACTION_SERVER.into(),
-                        tenant,
-                        correlation_id: submission.request_id.clone(),
-                        traceparent: submission.traceparent.clone(),
-                        actor: Some(emitted.actor),
-                        to: emitted.to,
-                        relayed_from: None,
-                        body: Some(body),
-                    },
-                };
-                tx.append(&entry)?;
-                entries.push(Arc::new(entry));
-            }
-            let answer = answer(
-                &self.state,
-                &self.platform,
-                &submission.command,
-                &plan,
-                last_seq,
-            );
-            if !submission.request_id.is_empty() {
-                tx.record_request(
-                    &caller.tenant,
-                    &caller.sub,
-                    method,
-                    &submission.request_id,
-                    &submission.fingerprint,
-                    &answer.encode(),
-                    now,
-                )?;
-            }
-            pending.push((reply, Ok(answer)));
+            let answer = self.decide(tx, submission, now, &mut new_id, out)?;
+            out.answers.push(Some(answer));
         }
-        for id in touched.iter() {
+        for (id, expected) in out.touched.iter() {
             if let Some(i) = self.state.interactions.get(id) {
-                tx.save_interaction(i)?;
+                tx.save_interaction(i, *expected)?;
             }
         }
-        for key in agents.iter() {
+        for (key, expected) in out.agents.iter() {
             if let Some(agent) = self.state.agents.get(key) {
-                tx.save_agent(&agent.to_proto(&self.platform))?;
+                let version = self.agent_versions.get(key).copied().unwrap_or_default();
+                tx.save_agent(&agent.to_proto(&self.platform), *expected, version)?;
             }
         }
-        for id in loaded {
-            if !touched.contains(&id) {
+        for id in std::mem::take(&mut out.loaded) {
+            if !out.touched.contains_key(&id) {
                 self.state.forget_stopped(id);
             }
         }
-        if now - self.last_prune > PRUNE_EVERY_US {
-            tx.prune_requests(now - REQUEST_RETENTION_US)?;
-            self.last_prune = now;
+        Ok(())
+    }
+
+    /// Decides one command: its answer, and its events appended and folded into the state.
+    fn decide<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        submission: &Submission,
+        now: Micros,
+        new_id: &mut fn() -> uuid::Uuid,
+        out: &mut Outcome,
+    ) -> Result<Result<Answer, Error>, StoreError> {
+        let method = submission.command.name();
+        let caller = &submission.caller;
+        if !submission.request_id.is_empty()
+            && let Some(done) =
+                tx.request(&caller.tenant, &caller.sub, method, &submission.request_id)?
+        {
+            return Ok(if done.fingerprint == submission.fingerprint {
+                Answer::decode(&submission.command, &done.response)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    .map_err(Error::from)
+            } else {
+                Err(Failure::new(
+                    Reason::RequestIdReused,
+                    "this request_id was used for a different request",
+                )
+                .with_meta("request_id", &submission.request_id)
+                .into())
+            });
         }
-        tx.commit()
+        // A stopped interaction lives in the store alone; the domain needs it to answer
+        // ALREADY_STOPPED (it is forgotten again after the batch, and not rewritten).
+        if let Some(id) = submission.command.interaction_id()
+            && !self.state.interactions.contains_key(&id)
+            && let Some(stopped) = tx.interaction(id)?
+        {
+            self.state.insert(stopped);
+            out.loaded.push(id);
+        }
+        let mut ctx = Ctx {
+            now,
+            platform: &self.platform,
+            new_id,
+        };
+        let Decision {
+            events,
+            reply: plan,
+        } = match domain::decide(&self.state, caller, &submission.command, &mut ctx) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let mut last_seq = 0;
+        for emitted in events {
+            let body = emitted.body;
+            let interaction_id = ixn_proto::event::interaction_id(&body).map(str::to_owned);
+            // An event's tenant is its interaction's (the invite timer works across tenants).
+            let tenant = interaction_id
+                .as_deref()
+                .and_then(|i| i.parse::<uuid::Uuid>().ok())
+                .and_then(|id| self.state.interactions.get(&id))
+                .map(|i| i.tenant.clone())
+                .unwrap_or_else(|| caller.tenant.clone());
+            let sequence = self.next_seq;
+            self.next_seq += 1;
+            last_seq = sequence;
+            let folded = self.fold(&tenant, sequence, now, &body);
+            if let Some((id, before)) = folded.interaction {
+                out.touched.entry(id).or_insert(before);
+            }
+            for key in folded.agents {
+                let before = self.agent_versions.insert(key.clone(), sequence);
+                out.agents.entry(key).or_insert(before.unwrap_or(0));
+            }
+            let submitter = folded
+                .interaction
+                .and_then(|(id, _)| self.state.interactions.get(&id))
+                .map(|i| domain::party_key(&i.submitted_by));
+            let entry = LogEntry {
+                sequence,
+                tenant: tenant.clone(),
+                kind: ixn_proto::event::kind(&body),
+                interaction_id,
+                reporting: ixn_proto::event::is_reporting(&body),
+                recipients: emitted.to.iter().map(domain::party_key).collect(),
+                submitter,
+                event: Event {
+                    sequence,
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    time: Some(domain::timestamp(now)),
+                    source: ixn_proto::event::SOURCE_INTERACTION_SERVER.into(),
+                    tenant,
+                    correlation_id: submission.request_id.clone(),
+                    traceparent: submission.traceparent.clone(),
+                    actor: Some(emitted.actor),
+                    to: emitted.to,
+                    relayed_from: None,
+                    body: Some(body),
+                },
+            };
+            tx.append(&entry)?;
+            out.entries.push(Arc::new(entry));
+        }
+        let answer = answer(
+            &self.state,
+            &self.platform,
+            &submission.command,
+            &plan,
+            last_seq,
+        );
+        if !submission.request_id.is_empty() {
+            tx.record_request(
+                &caller.tenant,
+                &caller.sub,
+                method,
+                &submission.request_id,
+                &submission.fingerprint,
+                &answer.encode(),
+                now,
+            )?;
+        }
+        Ok(Ok(answer))
     }
 }
 

@@ -30,8 +30,20 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let environment = std::env::var(auth::SECRET_ENV).ok();
+    if args.database_url.is_some()
+        && args.jwt_secret_file.is_none()
+        && environment.as_deref().is_none_or(|v| v.trim().is_empty())
+    {
+        eprintln!(
+            "configuration error: with --database-url the signing secret must be given ({} or \
+             --jwt-secret-file): every replica checks tokens against the same one",
+            auth::SECRET_ENV
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let secrets = match auth::resolve_secrets(
-        std::env::var(auth::SECRET_ENV).ok(),
+        environment,
         args.jwt_secret_file.as_deref(),
         &args.data_dir,
     ) {
@@ -73,6 +85,7 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
             };
         let options = Options {
             data_dir: args.data_dir,
+            database_url: args.database_url,
             secrets,
             platform,
             clock: Clock::System,

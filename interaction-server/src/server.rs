@@ -6,7 +6,7 @@
 use crate::api::{Api, Events};
 use crate::domain::Platform;
 use crate::engine::{Census, Engine};
-use crate::store::{Store, StoreError};
+use crate::store::{Postgres, Sqlite, StoreError};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
 use ixn_proto::clock::Clock;
 use ixn_proto::events::event_service_server::EventServiceServer;
@@ -27,7 +27,10 @@ use tonic::service::interceptor::InterceptedService;
 /// Everything a server needs besides its listener.
 #[derive(Debug)]
 pub struct Options {
+    /// Where the embedded store (SQLite) lives, unless `database_url` names a shared one.
     pub data_dir: PathBuf,
+    /// The shared store (PostgreSQL) that several replicas may use at once.
+    pub database_url: Option<String>,
     /// The signing secrets tokens are checked against (several during a rotation).
     pub secrets: Vec<Secret>,
     pub platform: Platform,
@@ -48,6 +51,7 @@ impl Options {
     ) -> Options {
         Options {
             data_dir,
+            database_url: None,
             secrets,
             platform,
             clock,
@@ -77,11 +81,27 @@ pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&options.data_dir)?;
-    let engine = Engine::start(store, options.platform, options.clock.clone())?;
+    let (platform, clock) = (options.platform, options.clock.clone());
+    // Loading reads the whole live state: on a blocking thread.
+    let (engine, store) = match &options.database_url {
+        Some(url) => {
+            let store = Postgres::open(url).await?;
+            let described = ixn_proto::pg::describe(&ixn_proto::pg::config(url)?);
+            let engine = tokio::task::spawn_blocking(move || Engine::start(store, platform, clock));
+            (engine, described)
+        }
+        None => {
+            let store = Sqlite::open(&options.data_dir)?;
+            let engine = tokio::task::spawn_blocking(move || Engine::start(store, platform, clock));
+            (engine, options.data_dir.display().to_string())
+        }
+    };
+    let engine = engine
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        data_dir = %options.data_dir.display(),
+        %store,
         head = engine.log.head(),
         "interaction-server serving"
     );

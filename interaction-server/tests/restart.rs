@@ -642,6 +642,10 @@ async fn every_acknowledged_submission_survives_a_stop_in_the_middle_of_a_burst(
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    if common::on_postgres() {
+        eprintln!("not on PostgreSQL, where replicas share the store: see replicas_on_postgres.rs");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut admin = server.client(Who::admin()).await;

@@ -8,8 +8,12 @@
 //! - [`event`]: what kind an event body is, whom it concerns, and the envelope's conventions.
 //! - [`validate`]: argument checks (ids, names, reasons) and request fingerprints.
 //! - [`clock`]: injected time, so tests move it instead of sleeping.
-//! - [`sqlite`]: the durable plumbing both services' stores share: the locked data directory, the
-//!   event log and request-outcome tables, read-only connections.
+//! - [`store`]: what both stores share: the error, the writer's transaction over the log and the
+//!   request outcomes, the log's history.
+//! - [`sqlite`]: the embedded store's plumbing: the locked data directory, the event log and
+//!   request-outcome tables, read-only connections.
+//! - [`pg`]: the shared store's plumbing, for several replicas on one PostgreSQL: migrations, the
+//!   writers' lock and contiguous sequences, `LISTEN/NOTIFY`, pooled reads.
 //! - [`log`]: committed events as subscribers read them (a ring plus the store), and the loop that
 //!   feeds one stream.
 //! - [`subscribe`]: `EventService.Subscribe` over a service's log.
@@ -63,8 +67,10 @@ pub mod log;
 pub mod measure;
 pub mod observe;
 pub mod party;
+pub mod pg;
 pub mod settings;
 pub mod sqlite;
+pub mod store;
 pub mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -8,7 +8,7 @@ use crate::auth::Role;
 use crate::clock::{Clock, Micros};
 use crate::error::{Failure, Reason};
 use crate::events::{Event, EventFilter};
-use crate::sqlite::{REPLAY_CHUNK, Readers, StoreError};
+use crate::store::{History, REPLAY_CHUNK, StoreError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -38,7 +38,7 @@ pub const RING_CAPACITY: usize = 16_384;
 pub struct Log {
     ring: RwLock<VecDeque<Arc<LogEntry>>>,
     head: watch::Sender<u64>,
-    readers: Readers,
+    history: Arc<dyn History>,
     /// Where each open stream is, for the lag metric.
     followers: Mutex<Vec<Weak<AtomicU64>>>,
 }
@@ -60,11 +60,11 @@ impl Drop for Follower {
 }
 
 impl Log {
-    pub fn new(head: u64, readers: Readers) -> Log {
+    pub fn new(head: u64, history: Arc<dyn History>) -> Log {
         Log {
             ring: RwLock::new(VecDeque::with_capacity(RING_CAPACITY)),
             head: watch::Sender::new(head),
-            readers,
+            history,
             followers: Mutex::new(Vec::new()),
         }
     }
@@ -134,7 +134,7 @@ impl Log {
         if let Some(entries) = self.ring_after(after, max) {
             return Ok(entries);
         }
-        self.readers.run(move |r| r.events_after(after, max)).await
+        self.history.events_after(after, max).await
     }
 
     fn ring_after(&self, after: u64, max: usize) -> Option<Vec<Arc<LogEntry>>> {

@@ -7,8 +7,9 @@
 //! successful requests, for idempotent retries).
 
 use crate::clock::Micros;
-use crate::events::Event;
 use crate::log::LogEntry;
+use crate::store::{BoxFuture, History, encode_recipients, entry_from_row};
+pub use crate::store::{REPLAY_CHUNK, StoreError, StoredRequest, next_batch};
 use fs4::fs_std::FileExt;
 use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -46,40 +47,6 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_created ON requests (created_us);
 ";
 
-/// Events read from the store in one short transaction at most (a long read would hold back WAL
-/// checkpoints).
-pub const REPLAY_CHUNK: usize = 512;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the data directory {0} is in use by another process")]
-    Locked(PathBuf),
-    #[error(
-        "the database was written by a newer version (schema {found}, this build knows {known})"
-    )]
-    NewerSchema { found: i64, known: i64 },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("a stored row cannot be decoded: {0}")]
-    Corrupt(String),
-}
-
-/// The next batch for a writer thread: waits for one item, then takes whatever else is already
-/// waiting, up to `max` (group commit). `None` once every sender is gone.
-pub fn next_batch<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
-    let first = rx.blocking_recv()?;
-    let mut batch = vec![first];
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
 /// The recorded outcome of a request, on any connection (the writer's transaction or a reader).
 fn lookup_request(
     conn: &Connection,
@@ -100,13 +67,6 @@ fn lookup_request(
             })
         })
         .optional()?)
-}
-
-/// A recorded outcome of a request.
-#[derive(Clone, Debug)]
-pub struct StoredRequest {
-    pub fingerprint: Vec<u8>,
-    pub response: Vec<u8>,
 }
 
 /// The writer's connection to a service's database.
@@ -308,23 +268,6 @@ impl Batch<'_> {
     }
 }
 
-/// Party keys may hold any character, spaces included: the column is a JSON array.
-fn encode_recipients(keys: &[String]) -> String {
-    serde_json::to_string(keys).expect("strings encode")
-}
-
-fn decode_recipients(column: &str) -> Result<Vec<String>, StoreError> {
-    if !column.starts_with('[') {
-        // A row written before the keys were JSON: space-separated.
-        return Ok(column
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect());
-    }
-    serde_json::from_str(column).map_err(|e| StoreError::Corrupt(format!("recipients: {e}")))
-}
-
 /// A pool of read-only connections. Reads run on blocking threads and see only committed data.
 #[derive(Clone)]
 pub struct Readers {
@@ -385,44 +328,108 @@ impl Readers {
 
     /// Up to `limit` events after `after`, in sequence order.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body
+        self.with(|c| events_after(c, after, limit))
+    }
+}
+
+/// Up to `limit` events after `after`, in sequence order, on any connection.
+fn events_after(
+    c: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body
                  FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Vec<u8>>(7)?,
-                ))
-            })?;
-            rows.map(|row| {
-                let (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body) =
-                    row?;
-                let event = Event::decode(body.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(Arc::new(LogEntry {
-                    sequence: sequence as u64,
-                    tenant,
-                    kind: crate::event::KINDS
-                        .iter()
-                        .find(|k| **k == kind)
-                        .copied()
-                        .unwrap_or("unknown"),
-                    interaction_id,
-                    reporting,
-                    recipients: decode_recipients(&recipients)?,
-                    submitter,
-                    event,
-                }))
-            })
-            .collect()
-        })
+    )?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, Vec<u8>>(7)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body) = row?;
+        entry_from_row(
+            sequence,
+            tenant,
+            &kind,
+            interaction_id,
+            reporting,
+            &recipients,
+            submitter,
+            &body,
+        )
+    })
+    .collect()
+}
+
+impl History for Readers {
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<LogEntry>>, StoreError>> {
+        Box::pin(self.run(move |r| r.events_after(after, limit)))
+    }
+}
+
+impl crate::store::Batch for Batch<'_> {
+    fn shared_head(&self) -> Option<u64> {
+        None
+    }
+
+    fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+        events_after(&self.tx, after, limit)
+    }
+
+    fn request(
+        &mut self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StoreError> {
+        Batch::request(self, tenant, subject, method, request_id)
+    }
+
+    fn record_request(
+        &mut self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+        fingerprint: &[u8],
+        response: &[u8],
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        Batch::record_request(
+            self,
+            tenant,
+            subject,
+            method,
+            request_id,
+            fingerprint,
+            response,
+            now,
+        )
+    }
+
+    fn prune_requests(&mut self, before: Micros) -> Result<(), StoreError> {
+        Batch::prune_requests(self, before).map(drop)
+    }
+
+    fn append(&mut self, entry: &LogEntry) -> Result<(), StoreError> {
+        Batch::append(self, entry)
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        Batch::commit(self)
     }
 }

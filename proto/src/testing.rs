@@ -174,3 +174,67 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
             (metric == name && have == want).then(|| value.parse().ok())?
         })
 }
+
+/// The variable naming the PostgreSQL the tests of the shared store run against.
+pub const TEST_DATABASE_URL: &str = "IXN_TEST_DATABASE_URL";
+
+/// How long a test's schema is kept before a later run drops it.
+const SCHEMA_KEPT_SECS: i64 = 6 * 3_600;
+
+/// A URL to a schema of its own on the test PostgreSQL ([`TEST_DATABASE_URL`]), named after `key`
+/// (a test's data directory), so that a restarted server finds what it wrote and tests running at
+/// once stay apart. Schemas that earlier runs left behind are dropped once they are old.
+pub async fn postgres_schema(key: &std::path::Path) -> String {
+    use sha2::Digest;
+    let base = std::env::var(TEST_DATABASE_URL).unwrap_or_else(|_| {
+        panic!(
+            "{TEST_DATABASE_URL} must name the test PostgreSQL (this test binary was built with it)"
+        )
+    });
+    let digest = sha2::Sha256::digest(key.to_string_lossy().as_bytes());
+    let schema: String = format!(
+        "t_{}",
+        digest[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let config: tokio_postgres::Config = base.parse().expect("the test database URL");
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("the test PostgreSQL ({TEST_DATABASE_URL}) is reachable: {e}"));
+    tokio::spawn(connection);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let mut sweep = false;
+    SWEPT.call_once(|| sweep = true);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time after 1970")
+        .as_secs() as i64;
+    if sweep {
+        let stale = client
+            .query(
+                "SELECT nspname::text FROM pg_namespace
+                 WHERE nspname LIKE 't\\_%' AND obj_description(oid, 'pg_namespace') ~ '^ixn-test [0-9]+$'
+                   AND split_part(obj_description(oid, 'pg_namespace'), ' ', 2)::bigint < $1",
+                &[&(now - SCHEMA_KEPT_SECS)],
+            )
+            .await
+            .expect("old test schemas are listed");
+        for row in stale {
+            let name: String = row.get(0);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await;
+        }
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; COMMENT ON SCHEMA \"{schema}\" IS 'ixn-test {now}'"
+        ))
+        .await
+        .expect("the test schema is created");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}

@@ -79,7 +79,7 @@ pub async fn serve(
     let store = Store::open(&options.data_dir)?;
     let loaded = store.load()?;
     let readers = store.readers();
-    let log = Arc::new(Log::new(loaded.head, readers.clone()));
+    let log = Arc::new(Log::new(loaded.head, Arc::new(readers.clone())));
     let mut view = View {
         mirror: loaded.mirror,
         ..Default::default()

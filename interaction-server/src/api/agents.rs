@@ -2,7 +2,6 @@
 
 use super::{Api, caller, status};
 use crate::domain::Command;
-use crate::store::Reads;
 use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::Failure;
 use ixn_proto::interaction::agent_service_server::AgentService;
@@ -167,11 +166,10 @@ impl AgentService for Api {
         let r = request.into_inner();
         let caller = caller(&who)?;
         validate::name("agent_id", &r.agent_id)?;
-        let (tenant, agent_id) = (caller.tenant.clone(), r.agent_id.clone());
         let agent = self
             .engine
-            .readers
-            .run(move |readers| readers.agent(&tenant, &agent_id))
+            .reads
+            .agent(&caller.tenant, &r.agent_id)
             .await
             .map_err(status)?;
         // An agent never seen is simply logged out.

@@ -3,7 +3,7 @@
 use super::{Api, caller, status};
 use crate::domain::{Command, Phase, party_key};
 use crate::limits;
-use crate::store::{Reads, Visibility};
+use crate::store::{ListQuery, Visibility};
 use ixn_proto::auth::{Role, identity};
 use ixn_proto::error::{Failure, Reason};
 use ixn_proto::interaction::interaction_service_server::InteractionService;
@@ -207,11 +207,10 @@ impl InteractionService for Api {
         let r = request.into_inner();
         let caller = caller(&who)?;
         let id = validate::uuid("interaction_id", &r.interaction_id)?;
-        let tenant = caller.tenant.clone();
         let found = self
             .engine
-            .readers
-            .run(move |readers| readers.interaction(&tenant, id))
+            .reads
+            .interaction(&caller.tenant, id)
             .await
             .map_err(status)?;
         let Some((interaction, owner, invitee, submitter)) = found else {
@@ -274,24 +273,16 @@ impl InteractionService for Api {
         };
         validate::optional_name("queue", &r.queue)?;
         let queue = (!r.queue.is_empty()).then(|| r.queue.clone());
-        let visibility = visibility(&caller);
-        let tenant = caller.tenant.clone();
         // One more than a page says whether another page follows.
-        let mut interactions = self
-            .engine
-            .readers
-            .run(move |readers| {
-                readers.list(
-                    &tenant,
-                    &visibility,
-                    state,
-                    queue.as_deref(),
-                    after,
-                    page_size + 1,
-                )
-            })
-            .await
-            .map_err(status)?;
+        let query = ListQuery {
+            tenant: caller.tenant.clone(),
+            visibility: visibility(&caller),
+            state,
+            queue,
+            after,
+            limit: page_size + 1,
+        };
+        let mut interactions = self.engine.reads.list(query).await.map_err(status)?;
         let next_page_token = if interactions.len() > page_size {
             interactions.truncate(page_size);
             interactions

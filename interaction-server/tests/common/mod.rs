@@ -43,6 +43,22 @@ pub fn secret() -> Secret {
     }
 }
 
+/// Whether this test binary runs its suite on PostgreSQL (the `*_on_postgres` ones, each a suite of
+/// this directory again) rather than on SQLite.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("on_postgres")
+}
+
+/// The shared store a server on `data_dir` uses, on PostgreSQL: a schema named after the directory,
+/// so that a restart finds what the server wrote.
+pub async fn database_url(data_dir: &Path) -> Option<String> {
+    if on_postgres() {
+        Some(ixn_proto::testing::postgres_schema(data_dir).await)
+    } else {
+        None
+    }
+}
+
 /// A running server.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -70,12 +86,13 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let options = Options::new(
+        let mut options = Options::new(
             data_dir.to_owned(),
             vec![secret()],
             platform,
             Clock::Manual(clock.clone()),
         );
+        options.database_url = database_url(data_dir).await;
         let handle = tokio::spawn(server::serve(listener, options, async {
             let _ = rx.await;
         }));

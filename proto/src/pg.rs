@@ -1,0 +1,694 @@
+//! The PostgreSQL plumbing both services' stores share, for several replicas of a service on one
+//! database (or schema: the URL's `options=-csearch_path=…` names it).
+//!
+//! - Every service's first migration creates the common tables besides its own: `log_head` (one row,
+//!   the head of the log), `events` (the log) and `requests` (the outcomes of requests).
+//! - Migrations are versioned (refinery) and applied at start under an advisory lock, so replicas
+//!   starting together apply them once; a database migrated by a newer build is refused.
+//! - The writers of all replicas are ordered by the row lock on the log's head (`log_head`), taken
+//!   first in every batch's transaction and held until it commits. Sequences are assigned under it,
+//!   so they are contiguous and no lower sequence can become visible after a higher one; and a
+//!   replica folds in what others committed before it decides, so it decides against the current
+//!   state.
+//! - The transaction's changes are buffered and written at commit, a statement per table, so a batch
+//!   costs a few round trips whatever its size.
+//! - Each commit notifies the log's channel; every replica listens on a dedicated connection and
+//!   reads the log from its cursor when told, and again after any reconnect.
+//! - Reads go through a pool and see only what is committed.
+
+use crate::clock::Micros;
+use crate::log::LogEntry;
+use crate::store::{
+    BoxFuture, History, REPLAY_CHUNK, StoreError, StoredRequest, encode_recipients, entry_from_row,
+};
+use futures::StreamExt;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, Transaction};
+
+/// Readers' pool size: reads are short, and a replica is one of several.
+const POOL_SIZE: usize = 16;
+/// How long the listener waits before reconnecting.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// The versioned migrations of a service, as refinery embeds them.
+pub struct Migrations {
+    pub runner: refinery::Runner,
+    /// Where the applied versions are recorded (a service's own, in case two share a schema).
+    pub table: &'static str,
+}
+
+impl std::fmt::Debug for Migrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrations")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a connection URL (`postgres://…` or `host=… dbname=…`).
+pub fn config(url: &str) -> Result<Config, StoreError> {
+    url.parse::<Config>()
+        .map_err(|e| StoreError::Pool(format!("the database URL is not valid: {e}")))
+}
+
+/// Checks a URL as a setting (clap's `value_parser`).
+pub fn parse_url(url: &str) -> Result<String, String> {
+    config(url)
+        .map(|_| url.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// What a log line may say of a URL: no password.
+pub fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+async fn connect(config: &Config) -> Result<Client, StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the migrations the database lacks, under an advisory lock; refuses a newer database.
+async fn migrate(config: &Config, mut migrations: Migrations) -> Result<(), StoreError> {
+    // Any fixed key: the lock only keeps replicas that start together from migrating at once.
+    const LOCK: i64 = 0x0069_786e_5f6d_6967; // "ixn_mig"
+    let mut client = connect(config).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await?;
+    let result = async {
+        let known = migrations
+            .runner
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max()
+            .unwrap_or(0);
+        let exists: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&migrations.table])
+            .await?
+            .get(0);
+        if exists.is_some() {
+            let found: Option<i64> = client
+                .query_one(
+                    &format!("SELECT max(version)::bigint FROM {}", migrations.table),
+                    &[],
+                )
+                .await?
+                .get(0);
+            if let Some(found) = found.filter(|f| *f > known) {
+                return Err(StoreError::NewerSchema { found, known });
+            }
+        }
+        migrations
+            .runner
+            .set_migration_table_name(migrations.table)
+            .run_async(&mut client)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(())
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await;
+    result
+}
+
+/// A service's database: the writer's connection (driven from the writer's thread), the readers'
+/// pool, and the log's notification channel.
+pub struct Database {
+    config: Config,
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+    rt: Handle,
+    channel: String,
+    pool: Pool,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    commit_point: String,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &describe(&self.config))
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Connects, brings the schema up to date, and opens the writer's connection and the pool.
+    /// `name` names the service's fault point (`commit <name>`).
+    pub async fn open(
+        url: &str,
+        migrations: Migrations,
+        name: &str,
+    ) -> Result<Database, StoreError> {
+        let config = config(url)?;
+        migrate(&config, migrations).await?;
+        let client = connect(&config).await?;
+        let schema: String = client
+            .query_one("SELECT current_schema()::text", &[])
+            .await?
+            .get(0);
+        // One channel per schema: replicas of other deployments on the same database stay apart.
+        let channel: String = format!("ixn_log_{schema}").chars().take(63).collect();
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Database {
+            config,
+            client: Some(client),
+            statements: HashMap::new(),
+            rt: Handle::current(),
+            channel,
+            pool: Pool(pool),
+            commit_point: format!("commit {name}"),
+        })
+    }
+
+    /// The readers' pool.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Runs a future to completion on the writer's thread (never on a runtime thread).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    /// The writer's connection, reconnected if it was lost.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+            let client = self.rt.block_on(connect(&self.config))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs one statement outside a batch, on the writer's connection (loading at start).
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let rt = self.rt.clone();
+        let client = self.client()?;
+        Ok(rt.block_on(client.query(sql, params))?)
+    }
+
+    /// The sequence of the last committed event.
+    pub fn head(&mut self) -> Result<u64, StoreError> {
+        let rows = self.query("SELECT sequence FROM log_head WHERE id = 1", &[])?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
+    }
+
+    /// Up to `limit` committed events after `after` (no lock: committed events are contiguous).
+    pub fn events_after(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+        let rt = self.rt.clone();
+        let client = self.client()?;
+        rt.block_on(read_events(client, after, limit))
+    }
+
+    /// Opens a batch's transaction and takes the writers' lock; the head it reads is current.
+    pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+        self.client()?;
+        let Database {
+            client,
+            statements,
+            rt,
+            channel,
+            commit_point,
+            ..
+        } = self;
+        let client = client.as_mut().expect("connected above");
+        let tx = rt.block_on(client.transaction())?;
+        let head: i64 = rt
+            .block_on(tx.query_one("SELECT sequence FROM log_head WHERE id = 1 FOR UPDATE", &[]))?
+            .get(0);
+        Ok(Batch {
+            tx,
+            rt,
+            statements,
+            channel,
+            commit_point,
+            head: head as u64,
+            events: EventColumns::default(),
+            recorded: HashMap::new(),
+            prune_before: None,
+        })
+    }
+
+    /// Whether the store takes a write: a one-row transaction, committed.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        let batch = self.begin()?;
+        batch.commit_with(|_| Ok(()))
+    }
+
+    /// The name other replicas' commits are notified on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Listens for other replicas' commits: `changed` is called after each, and after every
+    /// (re)connect, until it returns false.
+    pub fn listen<F: Fn() -> bool + Send + 'static>(
+        &self,
+        changed: F,
+    ) -> impl Future<Output = ()> + Send + use<F> {
+        listen(self.config.clone(), self.channel.clone(), changed)
+    }
+}
+
+async fn read_events(
+    client: &Client,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body
+             FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            &[&(after as i64), &(limit as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            entry_from_row(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            )
+        })
+        .collect()
+}
+
+async fn listen(config: Config, channel: String, changed: impl Fn() -> bool) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => {
+                                if tx.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the log's listener lost PostgreSQL");
+                                return;
+                            }
+                        }
+                    }
+                });
+                let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
+                match client.batch_execute(&format!("LISTEN {quoted}")).await {
+                    // Whatever was committed while not listening is read now.
+                    Ok(()) => {
+                        if !changed() {
+                            driver.abort();
+                            return;
+                        }
+                        while rx.recv().await.is_some() {
+                            // Coalesce a burst of notifications into one read.
+                            while rx.try_recv().is_ok() {}
+                            if !changed() {
+                                driver.abort();
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN on the log's channel"),
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "the log's listener cannot reach PostgreSQL"),
+        }
+        tokio::time::sleep(RECONNECT_AFTER).await;
+        if !changed() {
+            return;
+        }
+    }
+}
+
+/// A request outcome's key.
+type RequestKey = (String, String, String, String);
+
+/// One open transaction of the writer. What it appends is buffered and written at commit.
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+    rt: &'a Handle,
+    statements: &'a mut HashMap<&'static str, Statement>,
+    channel: &'a str,
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    commit_point: &'a str,
+    /// The head under the lock; advanced by what this batch appends.
+    head: u64,
+    events: EventColumns,
+    recorded: HashMap<RequestKey, (StoredRequest, Micros)>,
+    prune_before: Option<Micros>,
+}
+
+impl<'a> Batch<'a> {
+    /// Runs a future on the writer's thread.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    /// The transaction, for a service's own tables.
+    pub fn tx(&self) -> &Transaction<'a> {
+        &self.tx
+    }
+
+    /// A statement prepared once per connection.
+    pub fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.rt.block_on(self.tx.prepare(sql))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// Writes what the batch buffered, then the service's rows (`rows`, which may refuse with
+    /// [`StoreError::Conflict`]), advances the head, notifies the other replicas and commits.
+    pub fn commit_with(
+        mut self,
+        rows: impl FnOnce(&mut Batch<'a>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        rows(&mut self)?;
+        let events = std::mem::take(&mut self.events);
+        let recorded = std::mem::take(&mut self.recorded);
+        let insert_events = self.statement(
+            "INSERT INTO events (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::boolean[],
+                                  $6::text[], $7::text[], $8::bytea[])",
+        )?;
+        let insert_requests = self.statement(
+            "INSERT INTO requests (tenant, subject, method, request_id, fingerprint, response, created_us)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                                  $6::bytea[], $7::bigint[])",
+        )?;
+        let tx = &self.tx;
+        let head = self.head as i64;
+        let channel = self.channel;
+        let prune_before = self.prune_before;
+        self.rt.block_on(async {
+            // Sent together (tokio-postgres pipelines them on the connection).
+            let appended = !events.sequence.is_empty();
+            let events_written = async {
+                if !appended {
+                    return Ok(0);
+                }
+                let columns = events;
+                tx.execute(
+                    &insert_events,
+                    &[
+                        &columns.sequence,
+                        &columns.tenant,
+                        &columns.kind,
+                        &columns.interaction_id,
+                        &columns.reporting,
+                        &columns.recipients,
+                        &columns.submitter,
+                        &columns.body,
+                    ],
+                )
+                .await
+            };
+            let requests_written = async {
+                if recorded.is_empty() {
+                    return Ok(0);
+                }
+                let mut c: (Vec<String>, Vec<String>, Vec<String>, Vec<String>) =
+                    Default::default();
+                let mut d: (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<i64>) = Default::default();
+                for ((tenant, subject, method, request_id), (stored, at)) in recorded {
+                    c.0.push(tenant);
+                    c.1.push(subject);
+                    c.2.push(method);
+                    c.3.push(request_id);
+                    d.0.push(stored.fingerprint);
+                    d.1.push(stored.response);
+                    d.2.push(at);
+                }
+                tx.execute(
+                    &insert_requests,
+                    &[&c.0, &c.1, &c.2, &c.3, &d.0, &d.1, &d.2],
+                )
+                .await
+            };
+            let head_moved = async {
+                if !appended {
+                    return Ok(0);
+                }
+                tx.execute("UPDATE log_head SET sequence = $1 WHERE id = 1", &[&head])
+                    .await
+            };
+            let notified = async {
+                if !appended {
+                    return Ok(0);
+                }
+                tx.execute("SELECT pg_notify($1, $2)", &[&channel, &head.to_string()])
+                    .await
+            };
+            let pruned = async {
+                match prune_before {
+                    Some(before) => {
+                        tx.execute("DELETE FROM requests WHERE created_us < $1", &[&before])
+                            .await
+                    }
+                    None => Ok(0),
+                }
+            };
+            futures::try_join!(
+                events_written,
+                requests_written,
+                head_moved,
+                notified,
+                pruned
+            )
+        })?;
+        // Tests make the store unreachable with `commit <name>`.
+        #[cfg(feature = "failpoints")]
+        if fail::eval(self.commit_point, |_| ()).is_some() {
+            return Err(StoreError::Io(std::io::Error::other(
+                "the store is unreachable (fault point)",
+            )));
+        }
+        Ok(self.rt.block_on(self.tx.commit())?)
+    }
+}
+
+/// The events a batch appends, column by column (written with one `unnest`).
+#[derive(Default)]
+struct EventColumns {
+    sequence: Vec<i64>,
+    tenant: Vec<String>,
+    kind: Vec<String>,
+    interaction_id: Vec<Option<String>>,
+    reporting: Vec<bool>,
+    recipients: Vec<String>,
+    submitter: Vec<Option<String>>,
+    body: Vec<Vec<u8>>,
+}
+
+impl crate::store::Batch for Batch<'_> {
+    fn shared_head(&self) -> Option<u64> {
+        Some(self.head)
+    }
+
+    fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
+        self.rt
+            .block_on(read_events(self.tx.client(), after, limit))
+    }
+
+    fn request(
+        &mut self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StoreError> {
+        let key = (
+            tenant.into(),
+            subject.into(),
+            method.into(),
+            request_id.into(),
+        );
+        if let Some((stored, _)) = self.recorded.get(&key) {
+            return Ok(Some(stored.clone()));
+        }
+        let statement = self.statement(
+            "SELECT fingerprint, response FROM requests
+             WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
+        )?;
+        let row = self.rt.block_on(
+            self.tx
+                .query_opt(&statement, &[&tenant, &subject, &method, &request_id]),
+        )?;
+        Ok(row.map(|r| StoredRequest {
+            fingerprint: r.get(0),
+            response: r.get(1),
+        }))
+    }
+
+    fn record_request(
+        &mut self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+        fingerprint: &[u8],
+        response: &[u8],
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let stored = StoredRequest {
+            fingerprint: fingerprint.to_vec(),
+            response: response.to_vec(),
+        };
+        self.recorded.insert(
+            (
+                tenant.into(),
+                subject.into(),
+                method.into(),
+                request_id.into(),
+            ),
+            (stored, now),
+        );
+        Ok(())
+    }
+
+    fn prune_requests(&mut self, before: Micros) -> Result<(), StoreError> {
+        self.prune_before = Some(before);
+        Ok(())
+    }
+
+    fn append(&mut self, entry: &LogEntry) -> Result<(), StoreError> {
+        if entry.sequence != self.head + 1 {
+            return Err(StoreError::Conflict(format!(
+                "the log (sequence {} after head {})",
+                entry.sequence, self.head
+            )));
+        }
+        self.head = entry.sequence;
+        let e = &mut self.events;
+        e.sequence.push(entry.sequence as i64);
+        e.tenant.push(entry.tenant.clone());
+        e.kind.push(entry.kind.to_owned());
+        e.interaction_id.push(entry.interaction_id.clone());
+        e.reporting.push(entry.reporting);
+        e.recipients.push(encode_recipients(&entry.recipients));
+        e.submitter.push(entry.submitter.clone());
+        e.body.push(entry.event.encode_to_vec());
+        Ok(())
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        self.commit_with(|_| Ok(()))
+    }
+}
+
+/// The readers' pool: reads see only what is committed.
+#[derive(Clone)]
+pub struct Pool(deadpool_postgres::Pool);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.0
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// The recorded outcome of a request, if committed.
+    pub async fn request(
+        &self,
+        tenant: &str,
+        subject: &str,
+        method: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT fingerprint, response FROM requests
+                 WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
+            )
+            .await?;
+        let row = client
+            .query_opt(&statement, &[&tenant, &subject, &method, &request_id])
+            .await?;
+        Ok(row.map(|r| StoredRequest {
+            fingerprint: r.get(0),
+            response: r.get(1),
+        }))
+    }
+}
+
+impl History for Pool {
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<LogEntry>>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            read_events(&client, after, limit.min(REPLAY_CHUNK)).await
+        })
+    }
+}
