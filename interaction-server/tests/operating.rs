@@ -47,6 +47,21 @@ fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
         "{err}"
     );
 
+    let (code, _, err) = output(binary(BIN).env("IXN_DATABASE_URL", "postgres://host:port/db"));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+
+    // Replicas check tokens against one secret: a shared store needs it given, not generated.
+    let (code, _, err) = output(
+        binary(BIN)
+            .env_remove("IXN_JWT_SECRET")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--database-url", "postgres://postgres@127.0.0.1:1/none"]),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("signing secret must be given"), "{err}");
+
     std::fs::write(&file, "[platform]\ninvite_timeout_ms = \"long\"\n").unwrap();
     let (code, _, err) = output(binary(BIN).arg("--config").arg(&file));
     assert_eq!(code, Some(64), "{err}");
@@ -65,6 +80,7 @@ fn help_documents_every_setting_and_its_variable() {
     for (flag, env) in [
         ("--listen", "IXN_LISTEN"),
         ("--data-dir", "IXN_DATA_DIR"),
+        ("--database-url", "IXN_DATABASE_URL"),
         ("--jwt-secret-file", "IXN_JWT_SECRET_FILE"),
         ("--config", "IXN_CONFIG"),
         ("--metrics-listen", "IXN_METRICS_LISTEN"),

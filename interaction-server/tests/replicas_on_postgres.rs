@@ -14,8 +14,11 @@ mod common;
 #[cfg(postgres_tests)]
 mod replicas {
     use super::common::*;
+    use interaction_server::clock::Clock;
     use interaction_server::clock::ManualClock;
     use interaction_server::domain::{Platform, PlatformConfig};
+    use interaction_server::server::{self, Options, ServeError};
+    use interaction_server::store::StoreError;
     use ixn_proto::error::Reason as R;
     use ixn_proto::events::event::Body;
     use ixn_proto::events::{Event, InviteOutcome};
@@ -42,6 +45,24 @@ mod replicas {
             events.push(event);
         }
         events
+    }
+
+    /// `n` agents, each Ready on chat and invited (through `server`) to an interaction of its own:
+    /// (agent, interaction, ticket).
+    async fn invite(server: &TestServer, n: usize) -> Vec<(String, String, String)> {
+        let mut service = server.client(Who::service()).await;
+        let mut media = server.client(Who::media_server("ms")).await;
+        let mut router = server.client(Who::router("r1")).await;
+        let mut invited = Vec::new();
+        for k in 0..n {
+            let agent = format!("agent-{k}");
+            service.ready_agent(&agent, &["chat"]).await;
+            let id = media.submit("q", "chat").await.unwrap().interaction_id;
+            router.pull("q", &id).await.unwrap();
+            let ticket = router.deliver(&id, &agent).await.unwrap().ticket_id;
+            invited.push((agent, id, ticket));
+        }
+        invited
     }
 
     /// Submits an interaction whose only purpose is to be seen: the sequence of its event.
@@ -223,18 +244,7 @@ mod replicas {
         let a = TestServer::start_with(dir.path(), test_platform(), clock.clone()).await;
         let b = TestServer::start_with(dir.path(), test_platform(), clock.clone()).await;
         let mut on_b = b.client(Who::admin()).await.subscribe(0).await;
-        let mut service = a.client(Who::service()).await;
-        let mut media = a.client(Who::media_server("ms")).await;
-        let mut router = a.client(Who::router("r1")).await;
-        let mut invited = Vec::new();
-        for k in 0..INVITES {
-            let agent = format!("agent-{k}");
-            service.ready_agent(&agent, &["chat"]).await;
-            let id = media.submit("q", "chat").await.unwrap().interaction_id;
-            router.pull("q", &id).await.unwrap();
-            let ticket = router.deliver(&id, &agent).await.unwrap().ticket_id;
-            invited.push((agent, id, ticket));
-        }
+        let invited = invite(&a, INVITES).await;
         let fence_a = fence(&a).await;
 
         // The replica that set the timers goes away; the other one times the invites out.
@@ -272,18 +282,7 @@ mod replicas {
         let a = TestServer::start_with(dir.path(), test_platform(), clock.clone()).await;
         let b = TestServer::start_with(dir.path(), test_platform(), clock.clone()).await;
         let mut on_a = a.client(Who::admin()).await.subscribe(0).await;
-        let mut service = a.client(Who::service()).await;
-        let mut media = a.client(Who::media_server("ms")).await;
-        let mut router = a.client(Who::router("r1")).await;
-        let mut invited = Vec::new();
-        for k in 0..INVITES {
-            let agent = format!("agent-{k}");
-            service.ready_agent(&agent, &["chat"]).await;
-            let id = media.submit("q", "chat").await.unwrap().interaction_id;
-            router.pull("q", &id).await.unwrap();
-            let ticket = router.deliver(&id, &agent).await.unwrap().ticket_id;
-            invited.push((agent, id, ticket));
-        }
+        let invited = invite(&a, INVITES).await;
 
         // Accepts through replica B while the deadline passes on both replicas' timers.
         let mut accepts = tokio::task::JoinSet::new();
@@ -332,5 +331,46 @@ mod replicas {
         }
         a.stop().await;
         b.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_build_is_refused_with_its_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path()).await;
+        server.stop().await;
+        let url = database_url(dir.path()).await.unwrap();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .execute(
+                "INSERT INTO interaction_server_migrations (version, name, applied_on, checksum)
+                 VALUES (999, 'from_the_future', '2030-01-01', '0')",
+                &[],
+            )
+            .await
+            .unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut options = Options::new(
+            dir.path().to_owned(),
+            vec![secret()],
+            test_platform(),
+            Clock::Manual(ManualClock::starting_now()),
+        );
+        options.database_url = Some(url);
+        let refused = server::serve(listener, options, std::future::pending::<()>()).await;
+        match refused {
+            Err(ServeError::Store(
+                e @ StoreError::NewerSchema {
+                    found: 999,
+                    known: 1,
+                },
+            )) => {
+                let message = e.to_string();
+                assert!(message.contains("newer version"), "{message}");
+            }
+            other => panic!("a newer schema must be refused: {other:?}"),
+        }
     }
 }

@@ -19,7 +19,8 @@
 use crate::clock::Micros;
 use crate::log::LogEntry;
 use crate::store::{
-    BoxFuture, History, REPLAY_CHUNK, StoreError, StoredRequest, encode_recipients, entry_from_row,
+    BoxFuture, History, REPLAY_CHUNK, RequestKey, StoreError, StoredRequest, encode_recipients,
+    entry_from_row,
 };
 use futures::StreamExt;
 use prost::Message;
@@ -273,6 +274,7 @@ impl Database {
             head: head as u64,
             events: EventColumns::default(),
             recorded: HashMap::new(),
+            known: HashMap::new(),
             prune_before: None,
         })
     }
@@ -378,9 +380,6 @@ async fn listen(config: Config, channel: String, changed: impl Fn() -> bool) {
     }
 }
 
-/// A request outcome's key.
-type RequestKey = (String, String, String, String);
-
 /// One open transaction of the writer. What it appends is buffered and written at commit.
 pub struct Batch<'a> {
     tx: Transaction<'a>,
@@ -393,6 +392,8 @@ pub struct Batch<'a> {
     head: u64,
     events: EventColumns,
     recorded: HashMap<RequestKey, (StoredRequest, Micros)>,
+    /// Outcomes read ahead for the batch's requests (`None`: none recorded).
+    known: HashMap<RequestKey, Option<StoredRequest>>,
     prune_before: Option<Micros>,
 }
 
@@ -550,6 +551,41 @@ impl crate::store::Batch for Batch<'_> {
             .block_on(read_events(self.tx.client(), after, limit))
     }
 
+    fn prefetch_requests(&mut self, keys: Vec<RequestKey>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let statement = self.statement(
+            "SELECT r.tenant, r.subject, r.method, r.request_id, r.fingerprint, r.response
+             FROM requests r
+             JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(t, s, m, i)
+               ON r.tenant = k.t AND r.subject = k.s AND r.method = k.m AND r.request_id = k.i",
+        )?;
+        let mut columns: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        for (t, s, m, i) in &keys {
+            columns.0.push(t);
+            columns.1.push(s);
+            columns.2.push(m);
+            columns.3.push(i);
+        }
+        let rows = self.rt.block_on(self.tx.query(
+            &statement,
+            &[&columns.0, &columns.1, &columns.2, &columns.3],
+        ))?;
+        for key in keys {
+            self.known.insert(key, None);
+        }
+        for r in rows {
+            let stored = StoredRequest {
+                fingerprint: r.get(4),
+                response: r.get(5),
+            };
+            self.known
+                .insert((r.get(0), r.get(1), r.get(2), r.get(3)), Some(stored));
+        }
+        Ok(())
+    }
+
     fn request(
         &mut self,
         tenant: &str,
@@ -565,6 +601,9 @@ impl crate::store::Batch for Batch<'_> {
         );
         if let Some((stored, _)) = self.recorded.get(&key) {
             return Ok(Some(stored.clone()));
+        }
+        if let Some(known) = self.known.get(&key) {
+            return Ok(known.clone());
         }
         let statement = self.statement(
             "SELECT fingerprint, response FROM requests

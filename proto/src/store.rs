@@ -71,6 +71,13 @@ pub trait Batch {
     /// Up to `limit` committed events after `after`, in sequence order.
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError>;
 
+    /// Reads ahead the recorded outcomes of the batch's requests (tenant, subject, method,
+    /// request id), so that [`Batch::request`] need not ask the store for each; a store whose
+    /// lookups are local may ignore it.
+    fn prefetch_requests(&mut self, _keys: Vec<RequestKey>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The recorded outcome of a request, if any (including one recorded earlier in this batch).
     fn request(
         &mut self,
@@ -100,6 +107,9 @@ pub trait Batch {
 
     fn commit(self) -> Result<(), StoreError>;
 }
+
+/// What names a request's outcome: tenant, subject, method, request id.
+pub type RequestKey = (String, String, String, String);
 
 /// A boxed future, for the object-safe read traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -66,8 +66,10 @@
 //!   warm-up that fills its event ring, then after 100,000 more HANDLING interactions (agents'
 //!   Submit, 10 per agent, the agents logged in before): the growth divided by the interactions;
 //!   `…_second_half` (extra) as for sessions.
-//! - `pg_*` — the same stop and lifecycle figures on PostgreSQL: there is no PostgreSQL store yet, so
-//!   they are `null`.
+//! - `pg_*` — the same stop and lifecycle figures with interaction-server on PostgreSQL (the URL from
+//!   `--database-url`, `IXN_BENCH_DATABASE_URL` or `IXN_TEST_DATABASE_URL`; each server gets a schema
+//!   of its own, dropped at the end): `null` when none is given. `pg_stop_p99_ratio_1m_vs_1k` is not
+//!   measured (the large store is seeded straight into SQLite's file).
 //!
 //! `--quick` runs each timed case for 1 s and uses 1,000 sessions, 10,000 stored and 10,000 live
 //! interactions and 100 subscribers. `--only echo,stop,…` runs some cases (for working on the
@@ -102,11 +104,15 @@ use tonic::{Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-const USAGE: &str = "usage: bench [--quick] [--out DIR] [--bin-dir DIR] [--only CASE,…]
-  --quick    short runs and small sizes (CI); every key is still reported
-  --out      where report.json and report.md go (default target/bench)
-  --bin-dir  the built interaction-server and session-service (default $IXN_BENCH_BIN_DIR)
-  --only     some of: echo, stop, lifecycle, fanout, sessions, stored, live";
+const USAGE: &str =
+    "usage: bench [--quick] [--out DIR] [--bin-dir DIR] [--database-url URL] [--only CASE,…]
+  --quick         short runs and small sizes (CI); every key is still reported
+  --out           where report.json and report.md go (default target/bench)
+  --bin-dir       the built interaction-server and session-service (default $IXN_BENCH_BIN_DIR)
+  --database-url  PostgreSQL for the pg_* cases (default $IXN_BENCH_DATABASE_URL, then
+                  $IXN_TEST_DATABASE_URL; without one they are null)
+  --only          some of: echo, stop, lifecycle, fanout, sessions, stored, live, pg_stop,
+                  pg_lifecycle";
 
 /// The cases, in the order they run.
 const CASES: &[(&str, &str)] = &[
@@ -132,6 +138,14 @@ const CASES: &[(&str, &str)] = &[
         "StopProcessing p99 over a small and a large store",
     ),
     ("live", "interaction-server memory per live interaction"),
+    (
+        "pg_stop",
+        "StopProcessing on HANDLING interactions, interaction-server on PostgreSQL",
+    ),
+    (
+        "pg_lifecycle",
+        "Submit → Pull → Deliver → Accept → StopProcessing on PostgreSQL",
+    ),
 ];
 
 const TENANT: &str = "t1";
@@ -295,6 +309,7 @@ struct Options {
     out: PathBuf,
     bin_dir: PathBuf,
     only: Option<BTreeSet<String>>,
+    database_url: Option<String>,
 }
 
 impl Options {
@@ -303,6 +318,9 @@ impl Options {
         let mut out = PathBuf::from("target/bench");
         let mut bin_dir = std::env::var_os("IXN_BENCH_BIN_DIR").map(PathBuf::from);
         let mut only = None;
+        let mut database_url = ["IXN_BENCH_DATABASE_URL", "IXN_TEST_DATABASE_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().cloned().ok_or(format!("{arg} needs a value"));
@@ -310,6 +328,7 @@ impl Options {
                 "--quick" => quick = true,
                 "--out" => out = PathBuf::from(value()?),
                 "--bin-dir" => bin_dir = Some(PathBuf::from(value()?)),
+                "--database-url" => database_url = Some(value()?),
                 "--only" => {
                     let names: BTreeSet<String> =
                         value()?.split(',').map(|s| s.trim().to_owned()).collect();
@@ -334,6 +353,7 @@ impl Options {
             out,
             bin_dir,
             only,
+            database_url,
         })
     }
 }
@@ -399,7 +419,14 @@ async fn run(options: Options) -> ExitCode {
             bytes: secret.as_bytes().to_vec(),
         },
         secret_text: secret,
+        database_url: None,
+        prefix: "",
     };
+    let pg = options.database_url.as_ref().map(|url| Ctx {
+        database_url: Some(url.clone()),
+        prefix: "pg_",
+        ..ctx.clone()
+    });
     let mut report = Report::default();
     println!(
         "ixn benchmark ({}): servers from {}, {} cpu(s)",
@@ -423,6 +450,17 @@ async fn run(options: Options) -> ExitCode {
             "sessions" => limit(plan.case_limit, sessions_case(&ctx, &mut report)).await,
             "stored" => limit(plan.case_limit, stored_case(&ctx, &mut report)).await,
             "live" => limit(plan.case_limit, live_case(&ctx, &mut report)).await,
+            "pg_stop" | "pg_lifecycle" => match &pg {
+                None => {
+                    println!("   not run: no PostgreSQL (--database-url)");
+                    report.note(format!("case `{name}` not run: no PostgreSQL given"));
+                    continue;
+                }
+                Some(pg) if *name == "pg_stop" => {
+                    limit(plan.case_limit, stop_case(pg, &mut report)).await
+                }
+                Some(pg) => limit(plan.case_limit, lifecycle_case(pg, &mut report)).await,
+            },
             _ => unreachable!("every case is dispatched"),
         };
         let secs = t.elapsed().as_secs_f64();
@@ -434,6 +472,9 @@ async fn run(options: Options) -> ExitCode {
                 report.failures.push(format!("{name}: {e}"));
             }
         }
+    }
+    if let Some(pg) = &pg {
+        pg.drop_schemas().await;
     }
     println!("\n== derived");
     report.derive();
@@ -534,6 +575,9 @@ impl Report {
         if let (Some(echo), Some(stop)) = (echo, self.values.get("stop_rps_c64").copied()) {
             self.set("stop_ratio_to_echo", stop / echo);
         }
+        if let (Some(echo), Some(stop)) = (echo, self.values.get("pg_stop_rps_c64").copied()) {
+            self.set("pg_stop_ratio_to_echo", stop / echo);
+        }
         if let (Some(echo), Some(l)) = (echo, self.values.get("lifecycle_per_s").copied()) {
             self.set("lifecycle_rpc_ratio_to_echo", 5.0 * l / echo);
         }
@@ -589,7 +633,10 @@ impl Report {
             let value = self.values.get(*key).copied();
             let shown = match value {
                 Some(v) => format!("{}{}", show(v), unit_suffix(unit)),
-                None if key.starts_with("pg_") => "null (no PostgreSQL store yet)".into(),
+                None if *key == "pg_stop_p99_ratio_1m_vs_1k" => {
+                    "null (not measured on PostgreSQL)".into()
+                }
+                None if key.starts_with("pg_") => "null (no PostgreSQL given)".into(),
                 None => "null (not measured)".into(),
             };
             let (target, met) = match (goal, value) {
@@ -619,7 +666,8 @@ impl Report {
              after a {:.1} s warm-up; latencies are HDR histograms; agents hold {PER_AGENT} \
              interactions each where many are prepared. See the doc comment of \
              `session-service/examples/bench.rs` for how each figure is derived. The `pg_*` keys \
-             are `null`: there is no PostgreSQL store yet.\n",
+             are interaction-server on PostgreSQL (on the same machine, its WAL synced at each \
+             commit), each server on a schema of its own.\n",
             plan.window.as_secs_f64(),
             plan.warmup.as_secs_f64()
         ));
@@ -740,19 +788,90 @@ fn utc_now() -> String {
 // Servers
 
 /// What every case shares.
+#[derive(Clone)]
 struct Ctx {
     plan: Plan,
     bin_dir: PathBuf,
     work: PathBuf,
     secret: Secret,
     secret_text: String,
+    /// interaction-server's store: PostgreSQL at this URL (a schema per server), else SQLite.
+    database_url: Option<String>,
+    /// Put before the keys the cases report (`pg_` on PostgreSQL).
+    prefix: &'static str,
 }
 
 type Token = MetadataValue<Ascii>;
 
 impl Ctx {
     fn dir(&self, name: &str) -> PathBuf {
-        self.work.join(name)
+        self.work.join(format!("{}{name}", self.prefix))
+    }
+
+    /// A report key, with this context's prefix.
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The schema a server on `dir` uses on PostgreSQL.
+    fn schema(dir: &Path) -> String {
+        let name: String = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        format!("bench_{}_{name}", std::process::id())
+    }
+
+    /// A connection to the benchmark's PostgreSQL.
+    async fn postgres(&self) -> Result<tokio_postgres::Client, String> {
+        let url = self.database_url.as_deref().ok_or("no PostgreSQL")?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// A fresh schema for a server on `dir`, and the URL that selects it.
+    async fn database(&self, dir: &Path) -> Result<String, String> {
+        let url = self.database_url.as_deref().ok_or("no PostgreSQL")?;
+        let schema = Ctx::schema(dir);
+        self.postgres()
+            .await?
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        Ok(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+    }
+
+    /// Drops the schemas this run made.
+    async fn drop_schemas(&self) {
+        let Ok(client) = self.postgres().await else {
+            return;
+        };
+        let prefix = format!("bench_{}_%", std::process::id());
+        if let Ok(rows) = client
+            .query(
+                "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1",
+                &[&prefix],
+            )
+            .await
+        {
+            for row in rows {
+                let name: String = row.get(0);
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await;
+            }
+        }
     }
 
     fn token(&self, role: Role, sub: &str) -> Token {
@@ -778,6 +897,9 @@ impl Ctx {
             .arg(dir.join("data"))
             .env("IXN_JWT_SECRET", &self.secret_text)
             .env("RUST_LOG", "info");
+        if self.database_url.is_some() {
+            cmd.arg("--database-url").arg(self.database(dir).await?);
+        }
         if let Some(config) = config {
             let path = dir.join("platform.toml");
             std::fs::write(&path, config).map_err(|e| e.to_string())?;
@@ -1476,10 +1598,10 @@ async fn stop_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
             ));
         }
         report.failed_calls(&format!("stop c{c}"), &run);
-        report.set(&format!("stop_rps_c{c}"), run.per_sec());
+        report.set(&ctx.key(&format!("stop_rps_c{c}")), run.per_sec());
         if c == 64 {
-            report.set("stop_p50_ms_c64", run.ms(0.5));
-            report.set("stop_p99_ms_c64", run.ms(0.99));
+            report.set(&ctx.key("stop_p50_ms_c64"), run.ms(0.5));
+            report.set(&ctx.key("stop_p99_ms_c64"), run.ms(0.99));
         }
         // Later windows: the probe's rate, or more if this machine did better at a lower
         // concurrency (higher ones are usually faster still).
@@ -1712,7 +1834,11 @@ async fn lifecycle_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     server.alive()?;
     report.failed_calls("lifecycle", &run);
     let max_rate = run.per_sec();
-    report.set("lifecycle_per_s", max_rate);
+    report.set(&ctx.key("lifecycle_per_s"), max_rate);
+    if !ctx.prefix.is_empty() {
+        // On PostgreSQL only the throughput is reported.
+        return Ok(());
+    }
     report.set("lifecycle_p99_ms", run.ms(0.99));
 
     // Delivery latency: lifecycles started at half that rate, open loop.

@@ -150,6 +150,13 @@ impl Batch for PgTx<'_> {
         self.batch.events_after(after, limit)
     }
 
+    fn prefetch_requests(
+        &mut self,
+        keys: Vec<ixn_proto::store::RequestKey>,
+    ) -> Result<(), StoreError> {
+        self.batch.prefetch_requests(keys)
+    }
+
     fn request(
         &mut self,
         tenant: &str,
