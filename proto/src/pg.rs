@@ -12,8 +12,9 @@
 //!   state.
 //! - The transaction's changes are buffered and written at commit, a statement per table, so a batch
 //!   costs a few round trips whatever its size.
-//! - Each commit notifies the log's channel; every replica listens on a dedicated connection and
-//!   reads the log from its cursor when told, and again after any reconnect.
+//! - Each commit notifies the log's channel (naming the replica and the new head); every replica
+//!   listens on a dedicated connection and reads the log from its cursor when another one commits,
+//!   and again after any reconnect.
 //! - Reads go through a pool and see only what is committed.
 
 use crate::clock::Micros;
@@ -147,6 +148,8 @@ pub struct Database {
     statements: HashMap<&'static str, Statement>,
     rt: Handle,
     channel: String,
+    /// Names this process in its notifications, so that it does not read back its own commits.
+    replica: String,
     pool: Pool,
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     commit_point: String,
@@ -195,6 +198,7 @@ impl Database {
             statements: HashMap::new(),
             rt: Handle::current(),
             channel,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
             pool: Pool(pool),
             commit_point: format!("commit {name}"),
         })
@@ -257,6 +261,7 @@ impl Database {
             statements,
             rt,
             channel,
+            replica,
             commit_point,
             ..
         } = self;
@@ -270,6 +275,7 @@ impl Database {
             rt,
             statements,
             channel,
+            replica,
             commit_point,
             head: head as u64,
             events: EventColumns::default(),
@@ -296,7 +302,12 @@ impl Database {
         &self,
         changed: F,
     ) -> impl Future<Output = ()> + Send + use<F> {
-        listen(self.config.clone(), self.channel.clone(), changed)
+        listen(
+            self.config.clone(),
+            self.channel.clone(),
+            self.replica.clone(),
+            changed,
+        )
     }
 }
 
@@ -328,15 +339,19 @@ async fn read_events(
         .collect()
 }
 
-async fn listen(config: Config, channel: String, changed: impl Fn() -> bool) {
+async fn listen(config: Config, channel: String, replica: String, changed: impl Fn() -> bool) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let replica = replica.clone();
                 let driver = tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
                     while let Some(message) = messages.next().await {
                         match message {
+                            // A commit of this replica's own is already folded in.
+                            Ok(AsyncMessage::Notification(n))
+                                if n.payload().split(' ').next() == Some(replica.as_str()) => {}
                             Ok(AsyncMessage::Notification(_)) => {
                                 if tx.send(()).is_err() {
                                     return;
@@ -386,6 +401,7 @@ pub struct Batch<'a> {
     rt: &'a Handle,
     statements: &'a mut HashMap<&'static str, Statement>,
     channel: &'a str,
+    replica: &'a str,
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     commit_point: &'a str,
     /// The head under the lock; advanced by what this batch appends.
@@ -440,6 +456,7 @@ impl<'a> Batch<'a> {
         let tx = &self.tx;
         let head = self.head as i64;
         let channel = self.channel;
+        let payload = format!("{} {head}", self.replica);
         let prune_before = self.prune_before;
         self.rt.block_on(async {
             // Sent together (tokio-postgres pipelines them on the connection).
@@ -497,7 +514,7 @@ impl<'a> Batch<'a> {
                 if !appended {
                     return Ok(0);
                 }
-                tx.execute("SELECT pg_notify($1, $2)", &[&channel, &head.to_string()])
+                tx.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
                     .await
             };
             let pruned = async {
@@ -555,33 +572,26 @@ impl crate::store::Batch for Batch<'_> {
         if keys.is_empty() {
             return Ok(());
         }
+        // One statement per request, sent together: each is found by the primary key.
         let statement = self.statement(
-            "SELECT r.tenant, r.subject, r.method, r.request_id, r.fingerprint, r.response
-             FROM requests r
-             JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(t, s, m, i)
-               ON r.tenant = k.t AND r.subject = k.s AND r.method = k.m AND r.request_id = k.i",
+            "SELECT fingerprint, response FROM requests
+             WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
         )?;
-        let mut columns: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        for (t, s, m, i) in &keys {
-            columns.0.push(t);
-            columns.1.push(s);
-            columns.2.push(m);
-            columns.3.push(i);
-        }
-        let rows = self.rt.block_on(self.tx.query(
-            &statement,
-            &[&columns.0, &columns.1, &columns.2, &columns.3],
-        ))?;
-        for key in keys {
-            self.known.insert(key, None);
-        }
-        for r in rows {
-            let stored = StoredRequest {
-                fingerprint: r.get(4),
-                response: r.get(5),
-            };
-            self.known
-                .insert((r.get(0), r.get(1), r.get(2), r.get(3)), Some(stored));
+        let tx = &self.tx;
+        let found = self
+            .rt
+            .block_on(futures::future::try_join_all(keys.iter().map(
+                |(t, s, m, i)| {
+                    let statement = &statement;
+                    async move { tx.query_opt(statement, &[t, s, m, i]).await }
+                },
+            )))?;
+        for (key, row) in keys.into_iter().zip(found) {
+            let stored = row.map(|r| StoredRequest {
+                fingerprint: r.get(0),
+                response: r.get(1),
+            });
+            self.known.insert(key, stored);
         }
         Ok(())
     }

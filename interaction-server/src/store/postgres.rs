@@ -271,13 +271,12 @@ fn write_rows(
                               $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bytea[])
          ON CONFLICT (id) DO NOTHING",
     )?;
+    // Changes go one statement per row, sent together: each finds its row by the primary key
+    // whatever the planner thinks of the table's size.
     let update = b.statement(
-        "UPDATE interactions AS i SET state = u.state, queue = u.queue, owner = u.owner,
-           invitee = u.invitee, queued_seq = u.queued_seq, version = u.version, body = u.body
-         FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                     $7::bigint[], $8::bytea[], $9::bigint[])
-           AS u(id, state, queue, owner, invitee, queued_seq, version, body, expected)
-         WHERE i.id = u.id AND i.version = u.expected",
+        "UPDATE interactions SET state = $2, queue = $3, owner = $4, invitee = $5,
+           queued_seq = $6, version = $7, body = $8
+         WHERE id = $1 AND version = $9",
     )?;
     let (new_agents, changed_agents): (Vec<AgentRow>, Vec<AgentRow>) =
         agents.into_iter().partition(|a| a.expected == 0);
@@ -287,10 +286,8 @@ fn write_rows(
          ON CONFLICT (tenant, agent_id) DO NOTHING",
     )?;
     let update_agents = b.statement(
-        "UPDATE agents AS a SET version = u.version, body = u.body
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
-           AS u(tenant, agent_id, version, body, expected)
-         WHERE a.tenant = u.tenant AND a.agent_id = u.agent_id AND a.version = u.expected",
+        "UPDATE agents SET version = $3, body = $4
+         WHERE tenant = $1 AND agent_id = $2 AND version = $5",
     )?;
     let tx = b.tx();
     let counts = b.block_on(async {
@@ -313,24 +310,27 @@ fn write_rows(
             ];
             tx.execute(&insert, &params).await
         };
-        let updates = async {
-            if updated.is_empty() {
-                return Ok(0);
+        let updates = futures::future::try_join_all(updated.iter().map(|r| {
+            let update = &update;
+            async move {
+                let state = r.columns.state as i16;
+                tx.execute(
+                    update,
+                    &[
+                        &r.id,
+                        &state,
+                        &r.queue,
+                        &r.columns.owner,
+                        &r.columns.invitee,
+                        &r.queued_seq,
+                        &r.version,
+                        &r.body,
+                        &r.expected,
+                    ],
+                )
+                .await
             }
-            let c = InteractionColumns::of(&updated);
-            let params: [&(dyn ToSql + Sync); 9] = [
-                &c.id,
-                &c.state,
-                &c.queue,
-                &c.owner,
-                &c.invitee,
-                &c.queued_seq,
-                &c.version,
-                &c.body,
-                &c.expected,
-            ];
-            tx.execute(&update, &params).await
-        };
+        }));
         let agent_inserts = async {
             if new_agents.is_empty() {
                 return Ok(0);
@@ -342,17 +342,16 @@ fn write_rows(
             )
             .await
         };
-        let agent_updates = async {
-            if changed_agents.is_empty() {
-                return Ok(0);
+        let agent_updates = futures::future::try_join_all(changed_agents.iter().map(|a| {
+            let update_agents = &update_agents;
+            async move {
+                tx.execute(
+                    update_agents,
+                    &[&a.tenant, &a.agent_id, &a.version, &a.body, &a.expected],
+                )
+                .await
             }
-            let c = AgentColumns::of(&changed_agents);
-            tx.execute(
-                &update_agents,
-                &[&c.tenant, &c.agent_id, &c.version, &c.body, &c.expected],
-            )
-            .await
-        };
+        }));
         futures::try_join!(inserts, updates, agent_inserts, agent_updates)
     })?;
     let expected = (
@@ -360,6 +359,12 @@ fn write_rows(
         updated.len() as u64,
         new_agents.len() as u64,
         changed_agents.len() as u64,
+    );
+    let counts = (
+        counts.0,
+        counts.1.iter().sum::<u64>(),
+        counts.2,
+        counts.3.iter().sum::<u64>(),
     );
     if counts.0 != expected.0 || counts.1 != expected.1 {
         return Err(StoreError::Conflict("an interaction's row".into()));
