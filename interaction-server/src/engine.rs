@@ -356,7 +356,11 @@ impl<S: Store> Writer<S> {
                 Job::Census(reply) => {
                     let _ = reply.send(self.core.census(&mut self.store));
                 }
-                Job::CatchUp => catch_up = true,
+                Job::CatchUp => {
+                    // Cleared as soon as taken: a notification from now on queues another.
+                    self.catch_up.store(false, Ordering::Release);
+                    catch_up = true;
+                }
                 job => batch.push(job),
             }
         }
@@ -369,12 +373,12 @@ impl<S: Store> Writer<S> {
             }
             return;
         }
-        if catch_up && batch.is_empty() {
-            self.catch_up.store(false, Ordering::Release);
-            if let Err(e) = self.fold_committed() {
-                tracing::error!(error = %e, "other replicas' events cannot be read; reloading");
-                self.reload();
-            }
+        if catch_up
+            && batch.is_empty()
+            && let Err(e) = self.fold_committed()
+        {
+            tracing::error!(error = %e, "other replicas' events cannot be read; reloading");
+            self.reload();
         }
         if !batch.is_empty() {
             self.commit_batch(batch, now);
@@ -409,6 +413,9 @@ impl<S: Store> Writer<S> {
                     // The state was not the store's: read it again and decide again.
                     tracing::warn!(%what, "a compare-and-set failed; deciding the batch again");
                     self.reload();
+                    if self.stale {
+                        break Err(StoreError::Conflict(what));
+                    }
                     retried = true;
                 }
                 result => break result.map(|()| outcome),
@@ -460,7 +467,9 @@ impl<S: Store> Writer<S> {
         core.next_seq = loaded.head + 1;
         let mut published = core.log.head();
         while published < loaded.head {
-            let entries = self.store.events_after(published, REPLAY_CHUNK)?;
+            // Only up to the loaded head: what others commit after it is folded in later.
+            let mut entries = self.store.events_after(published, REPLAY_CHUNK)?;
+            entries.retain(|e| e.sequence <= loaded.head);
             let Some(last) = entries.last().map(|e| e.sequence) else {
                 break;
             };
@@ -491,7 +500,6 @@ impl<S: Store> Writer<S> {
         let core = &mut self.core;
         if let Some(head) = tx.shared_head() {
             // Under the writers' lock: what other replicas committed comes first.
-            self.catch_up.store(false, Ordering::Release);
             while core.next_seq <= head {
                 let entries = tx.events_after(core.next_seq - 1, REPLAY_CHUNK)?;
                 if entries.is_empty() {

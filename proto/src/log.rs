@@ -78,21 +78,43 @@ impl Log {
         self.head.subscribe()
     }
 
-    /// Makes committed events visible, in sequence order.
+    /// Makes committed events visible, in sequence order. Entries already published are skipped;
+    /// should the rest not follow the head, the ring starts again after the gap (readers behind it
+    /// read the store), so it never holds anything but a contiguous run.
     pub fn publish(&self, entries: Vec<Arc<LogEntry>>) {
-        let Some(last) = entries.last().map(|e| e.sequence) else {
+        let head = self.head();
+        let mut entries = entries.into_iter().filter(|e| e.sequence > head).peekable();
+        let Some(first) = entries.peek().map(|e| e.sequence) else {
             return;
         };
+        let mut last = head;
         {
             let mut ring = self.ring.write().expect("log ring");
+            if first != head + 1 {
+                tracing::error!(
+                    head,
+                    first,
+                    "events published after a gap; the ring restarts"
+                );
+                ring.clear();
+            }
             for entry in entries {
+                if entry.sequence != last + 1 && last != head {
+                    tracing::error!(
+                        after = last,
+                        next = entry.sequence,
+                        "a gap in a published run"
+                    );
+                    ring.clear();
+                }
+                last = entry.sequence;
                 if ring.len() == RING_CAPACITY {
                     ring.pop_front();
                 }
                 ring.push_back(entry);
             }
         }
-        crate::measure::events_appended(last - self.head());
+        crate::measure::events_appended(last - head);
         self.head.send_replace(last);
     }
 

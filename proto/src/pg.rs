@@ -93,6 +93,20 @@ async fn connect(config: &Config) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// Bounds on the writer's connection. The writers' lock is held by an open transaction: one that a
+/// stalled or cut-off replica leaves open is ended by the server, and a writer waiting for the lock
+/// (or a statement that hangs) gives up, so health turns NOT_SERVING rather than everything
+/// waiting for TCP to notice.
+const WRITER_LIMITS: &str = "SET lock_timeout = '10s';
+    SET statement_timeout = '30s';
+    SET idle_in_transaction_session_timeout = '30s'";
+
+async fn connect_writer(config: &Config) -> Result<Client, StoreError> {
+    let client = connect(config).await?;
+    client.batch_execute(WRITER_LIMITS).await?;
+    Ok(client)
+}
+
 /// Applies the migrations the database lacks, under an advisory lock; refuses a newer database.
 async fn migrate(config: &Config, mut migrations: Migrations) -> Result<(), StoreError> {
     // Any fixed key: the lock only keeps replicas that start together from migrating at once.
@@ -174,7 +188,7 @@ impl Database {
     ) -> Result<Database, StoreError> {
         let config = config(url)?;
         migrate(&config, migrations).await?;
-        let client = connect(&config).await?;
+        let client = connect_writer(&config).await?;
         let schema: String = client
             .query_one("SELECT current_schema()::text", &[])
             .await?
@@ -219,7 +233,7 @@ impl Database {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.statements.clear();
-            let client = self.rt.block_on(connect(&self.config))?;
+            let client = self.rt.block_on(connect_writer(&self.config))?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
