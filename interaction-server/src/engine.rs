@@ -563,12 +563,12 @@ impl Core {
     /// Folds one event into the state; says which rows it changed.
     fn fold(
         &mut self,
+        id: Option<uuid::Uuid>,
         tenant: &str,
         sequence: u64,
         time: Micros,
         body: &ixn_proto::events::event::Body,
     ) -> Folded {
-        let id = ixn_proto::event::interaction_id(body).and_then(|i| i.parse::<uuid::Uuid>().ok());
         let before = id
             .and_then(|id| self.state.interactions.get(&id))
             .map(|i| i.version);
@@ -607,7 +607,13 @@ impl Core {
                 .as_ref()
                 .map(ixn_proto::clock::micros)
                 .unwrap_or_default();
-            let folded = self.fold(&entry.tenant, entry.sequence, time, body);
+            let folded = self.fold(
+                interaction_of(body),
+                &entry.tenant,
+                entry.sequence,
+                time,
+                body,
+            );
             for key in folded.agents {
                 self.agent_versions.insert(key, entry.sequence);
             }
@@ -727,17 +733,16 @@ impl Core {
         for emitted in events {
             let body = emitted.body;
             let interaction_id = ixn_proto::event::interaction_id(&body).map(str::to_owned);
+            let id = interaction_of(&body);
             // An event's tenant is its interaction's (the invite timer works across tenants).
-            let tenant = interaction_id
-                .as_deref()
-                .and_then(|i| i.parse::<uuid::Uuid>().ok())
+            let tenant = id
                 .and_then(|id| self.state.interactions.get(&id))
                 .map(|i| i.tenant.clone())
                 .unwrap_or_else(|| caller.tenant.clone());
             let sequence = self.next_seq;
             self.next_seq += 1;
             last_seq = sequence;
-            let folded = self.fold(&tenant, sequence, now, &body);
+            let folded = self.fold(id, &tenant, sequence, now, &body);
             if let Some((id, before)) = folded.interaction {
                 out.touched.entry(id).or_insert(before);
             }
@@ -794,6 +799,11 @@ impl Core {
         }
         Ok(Ok(answer))
     }
+}
+
+/// The interaction an event concerns.
+fn interaction_of(body: &ixn_proto::events::event::Body) -> Option<uuid::Uuid> {
+    ixn_proto::event::interaction_id(body).and_then(|i| i.parse().ok())
 }
 
 /// The agents holding an interaction.

@@ -58,6 +58,13 @@ pub fn config(url: &str) -> Result<Config, StoreError> {
         .map_err(|e| StoreError::Pool(format!("the database URL is not valid: {e}")))
 }
 
+/// `url` with the connection's `search_path` set to `schema`: a schema of its own on a shared
+/// database (tests, benchmarks).
+pub fn in_schema(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// Checks a URL as a setting (clap's `value_parser`).
 pub fn parse_url(url: &str) -> Result<String, String> {
     config(url)
@@ -250,12 +257,6 @@ impl Database {
         Ok(rt.block_on(client.query(sql, params))?)
     }
 
-    /// The sequence of the last committed event.
-    pub fn head(&mut self) -> Result<u64, StoreError> {
-        let rows = self.query("SELECT sequence FROM log_head WHERE id = 1", &[])?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
-    }
-
     /// Up to `limit` committed events after `after` (no lock: committed events are contiguous).
     pub fn events_after(
         &mut self,
@@ -303,11 +304,6 @@ impl Database {
     pub fn probe(&mut self) -> Result<(), StoreError> {
         let batch = self.begin()?;
         batch.commit_with(|_| Ok(()))
-    }
-
-    /// The name other replicas' commits are notified on.
-    pub fn channel(&self) -> &str {
-        &self.channel
     }
 
     /// Listens for other replicas' commits: `changed` is called after each, and after every
@@ -626,21 +622,10 @@ impl crate::store::Batch for Batch<'_> {
         if let Some((stored, _)) = self.recorded.get(&key) {
             return Ok(Some(stored.clone()));
         }
-        if let Some(known) = self.known.get(&key) {
-            return Ok(known.clone());
+        if !self.known.contains_key(&key) {
+            crate::store::Batch::prefetch_requests(self, vec![key.clone()])?;
         }
-        let statement = self.statement(
-            "SELECT fingerprint, response FROM requests
-             WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
-        )?;
-        let row = self.rt.block_on(
-            self.tx
-                .query_opt(&statement, &[&tenant, &subject, &method, &request_id]),
-        )?;
-        Ok(row.map(|r| StoredRequest {
-            fingerprint: r.get(0),
-            response: r.get(1),
-        }))
+        Ok(self.known.get(&key).cloned().flatten())
     }
 
     fn record_request(
@@ -716,30 +701,6 @@ impl Pool {
             .get()
             .await
             .map_err(|e| StoreError::Pool(e.to_string()))
-    }
-
-    /// The recorded outcome of a request, if committed.
-    pub async fn request(
-        &self,
-        tenant: &str,
-        subject: &str,
-        method: &str,
-        request_id: &str,
-    ) -> Result<Option<StoredRequest>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT fingerprint, response FROM requests
-                 WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
-            )
-            .await?;
-        let row = client
-            .query_opt(&statement, &[&tenant, &subject, &method, &request_id])
-            .await?;
-        Ok(row.map(|r| StoredRequest {
-            fingerprint: r.get(0),
-            response: r.get(1),
-        }))
     }
 }
 

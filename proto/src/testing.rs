@@ -235,6 +235,5 @@ pub async fn postgres_schema(key: &std::path::Path) -> String {
         ))
         .await
         .expect("the test schema is created");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}")
+    crate::pg::in_schema(&base, &schema)
 }

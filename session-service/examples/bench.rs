@@ -848,8 +848,7 @@ impl Ctx {
             ))
             .await
             .map_err(|e| format!("PostgreSQL: {e}"))?;
-        let separator = if url.contains('?') { '&' } else { '?' };
-        Ok(format!("{url}{separator}options=-csearch_path%3D{schema}"))
+        Ok(ixn_proto::pg::in_schema(url, &schema))
     }
 
     /// Drops the schemas this run made.
