@@ -34,6 +34,10 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, Transaction
 
 /// Readers' pool size: reads are short, and a replica is one of several.
 const POOL_SIZE: usize = 16;
+/// Connections holding advisory locks at once (each for the length of one operation). Apart from
+/// the readers' pool: an operation holding a lock still reads, and must never wait for a reader's
+/// connection that another lock holder has.
+const LOCKS_POOL_SIZE: usize = 16;
 /// How long the listener waits before reconnecting.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -172,6 +176,8 @@ pub struct Database {
     /// Names this process in its notifications, so that it does not read back its own commits.
     replica: String,
     pool: Pool,
+    /// Connections created only as advisory locks are taken ([`Pool::advisory_lock`]).
+    locks: Pool,
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     commit_point: String,
 }
@@ -202,17 +208,21 @@ impl Database {
             .get(0);
         // One channel per schema: replicas of other deployments on the same database stay apart.
         let channel: String = format!("ixn_log_{schema}").chars().take(63).collect();
-        let manager = deadpool_postgres::Manager::from_config(
-            config.clone(),
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let pool = |size| {
+            let manager = deadpool_postgres::Manager::from_config(
+                config.clone(),
+                NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            deadpool_postgres::Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map(Pool)
+                .map_err(|e| StoreError::Pool(e.to_string()))
+        };
+        let (readers, locks) = (pool(POOL_SIZE)?, pool(LOCKS_POOL_SIZE)?);
         Ok(Database {
             config,
             client: Some(client),
@@ -220,7 +230,8 @@ impl Database {
             rt: Handle::current(),
             channel,
             replica: uuid::Uuid::new_v4().simple().to_string(),
-            pool: Pool(pool),
+            pool: readers,
+            locks,
             commit_point: format!("commit {name}"),
         })
     }
@@ -228,6 +239,11 @@ impl Database {
     /// The readers' pool.
     pub fn pool(&self) -> Pool {
         self.pool.clone()
+    }
+
+    /// The pool of connections that hold advisory locks.
+    pub fn locks(&self) -> Pool {
+        self.locks.clone()
     }
 
     /// Runs a future to completion on the writer's thread (never on a runtime thread).
@@ -304,6 +320,14 @@ impl Database {
     pub fn probe(&mut self) -> Result<(), StoreError> {
         let batch = self.begin()?;
         batch.commit_with(|_| Ok(()))
+    }
+
+    /// Who may do what one replica at a time does (`name`), in this schema.
+    pub fn elector(&self, name: &str) -> Elector {
+        Elector {
+            config: self.config.clone(),
+            name: name.to_owned(),
+        }
     }
 
     /// Listens for other replicas' commits: `changed` is called after each, and after every
@@ -701,6 +725,121 @@ impl Pool {
             .get()
             .await
             .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+}
+
+/// The advisory lock key of `name` in the connection's schema (replicas of other deployments on
+/// the same database stay apart).
+const LOCK_KEY: &str = "hashtextextended(current_schema() || '/' || $1, 0)";
+
+impl Pool {
+    /// Takes the advisory lock `name` on a pooled connection, waiting for whoever holds it; held
+    /// until the [`Advisory`] is dropped, or the connection ends.
+    pub async fn advisory_lock(&self, name: &str) -> Result<Advisory, StoreError> {
+        // Held before waiting: if the wait is abandoned, dropping it still releases what the
+        // connection takes afterwards.
+        let lock = Advisory {
+            client: Some(self.client().await?),
+        };
+        lock.client()
+            .execute(&format!("SELECT pg_advisory_lock({LOCK_KEY})"), &[&name])
+            .await?;
+        Ok(lock)
+    }
+}
+
+/// A session-level advisory lock held on a pooled connection.
+pub struct Advisory {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl std::fmt::Debug for Advisory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Advisory").finish_non_exhaustive()
+    }
+}
+
+impl Advisory {
+    /// The connection holding the lock.
+    pub fn client(&self) -> &deadpool_postgres::Object {
+        self.client.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Advisory {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        match Handle::try_current() {
+            // Runs after whatever the connection still has to do: the pool gets it back unlocked.
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if client
+                        .batch_execute("SELECT pg_advisory_unlock_all()")
+                        .await
+                        .is_err()
+                    {
+                        // Never back to the pool with a lock: closing the connection releases it.
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
+
+/// Elects one replica at a time for a role: the holder of a session-level advisory lock on a
+/// connection of its own.
+#[derive(Clone)]
+pub struct Elector {
+    config: Config,
+    name: String,
+}
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector").field("name", &self.name).finish()
+    }
+}
+
+impl Elector {
+    /// The role, if no other replica holds it.
+    pub async fn try_acquire(&self) -> Result<Option<Lease>, StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "a PostgreSQL connection holding a role ended");
+            }
+            let _ = ended_tx.send(());
+        });
+        let held: bool = client
+            .query_one(
+                &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+                &[&self.name],
+            )
+            .await?
+            .get(0);
+        Ok(held.then_some(Lease {
+            _client: client,
+            ended,
+        }))
+    }
+}
+
+/// A role held until dropped, or until its connection ends (another replica may then take it).
+#[derive(Debug)]
+pub struct Lease {
+    _client: Client,
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Lease {
+    /// Completes when the role is lost.
+    pub async fn lost(&mut self) {
+        let _ = (&mut self.ended).await;
     }
 }
 

@@ -178,6 +178,23 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 /// The variable naming the PostgreSQL the tests of the shared store run against.
 pub const TEST_DATABASE_URL: &str = "IXN_TEST_DATABASE_URL";
 
+/// Whether the test binary `crate_name` runs its suite on PostgreSQL: the `*_on_postgres` ones,
+/// each a suite of its directory again.
+pub fn on_postgres(crate_name: &str) -> bool {
+    crate_name.ends_with("on_postgres")
+}
+
+/// The store of a server on `data_dir` in the test binary `crate_name`: on PostgreSQL, a schema
+/// named after the directory, so that a restart finds what the server wrote (and replicas given one
+/// directory share it); `None` for SQLite in the directory.
+pub async fn database_url(crate_name: &str, data_dir: &std::path::Path) -> Option<String> {
+    if on_postgres(crate_name) {
+        Some(postgres_schema(data_dir).await)
+    } else {
+        None
+    }
+}
+
 /// How long a test's schema is kept before a later run drops it.
 const SCHEMA_KEPT_SECS: i64 = 6 * 3_600;
 

@@ -23,6 +23,11 @@ pub struct Cli {
         default_value = "data/session-service"
     )]
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of the shared store (`postgres://user:password@host/db`), instead of SQLite in
+    /// the data directory: several replicas may serve one database at once. A database (or
+    /// schema) of session-service's own, not interaction-server's.
+    #[arg(long, env = "IXN_SESSION_DATABASE_URL", value_parser = ixn_proto::pg::parse_url, hide_env_values = true)]
+    pub database_url: Option<String>,
     /// interaction-server's URL.
     #[arg(
         long,

@@ -320,6 +320,23 @@ pub fn disposed(s: &mut Session, reason: Option<Reason>, actor: &Party) -> Vec<E
     out
 }
 
+/// The session an event of session-service's own is about (none for a relayed one).
+pub fn session_of(event: &Event) -> Option<&str> {
+    let id = match event.body.as_ref()? {
+        Body::SessionCreated(b) => &b.session_id,
+        Body::ChannelGroupCreated(b) => &b.session_id,
+        Body::ChannelCreated(b) => &b.session_id,
+        Body::AgentStateChanged(b) => &b.session_id,
+        Body::ChannelActivated(b) => &b.session_id,
+        Body::ChannelDeactivated(b) => &b.session_id,
+        Body::ChannelDisposed(b) => &b.session_id,
+        Body::ChannelGroupDisposed(b) => &b.session_id,
+        Body::SessionDisposed(b) => &b.session_id,
+        _ => return None,
+    };
+    Some(id)
+}
+
 /// Whether an event ends the session it belongs to (its `Connect` streams then close with OK).
 pub fn ends_session(event: &Event, session_id: &str) -> bool {
     matches!(&event.body, Some(Body::SessionDisposed(d)) if d.session_id == session_id)

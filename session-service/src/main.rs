@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             metrics,
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
             data_dir: cli.data_dir,
+            database_url: cli.database_url,
             secrets,
             interaction_server: cli.interaction_server,
             clock: Clock::System,

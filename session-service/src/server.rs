@@ -2,9 +2,8 @@
 //! on a bound listener; the relay that follows interaction-server; an orderly shutdown.
 
 use crate::api::Api;
-use crate::domain::agent_key;
-use crate::relay;
-use crate::store::Store;
+use crate::relay::{self, Relay};
+use crate::store::{Postgres, Reads, Sqlite, Store};
 use crate::switch::Switch;
 use crate::writer::{View, Writer};
 use ixn_proto::auth::{Authenticator, Secret, Verifier};
@@ -16,7 +15,7 @@ use ixn_proto::log::Log;
 use ixn_proto::measure;
 use ixn_proto::session::SessionState;
 use ixn_proto::session::session_service_server::SessionServiceServer;
-use ixn_proto::sqlite::StoreError;
+use ixn_proto::store::StoreError;
 use ixn_proto::subscribe::Events;
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,7 +30,10 @@ use tonic::service::interceptor::InterceptedService;
 /// Everything a server needs besides its listener.
 #[derive(Debug)]
 pub struct Options {
+    /// Where the embedded store (SQLite) lives, unless `database_url` names a shared one.
     pub data_dir: PathBuf,
+    /// The shared store (PostgreSQL) that several replicas may use at once.
+    pub database_url: Option<String>,
     /// The deployment's signing secrets: tokens are checked against them, and the first one signs
     /// session-service's own token towards interaction-server.
     pub secrets: Vec<Secret>,
@@ -76,29 +78,35 @@ pub async fn serve(
         .first()
         .cloned()
         .ok_or(ServeError::NoSecret)?;
-    let store = Store::open(&options.data_dir)?;
-    let loaded = store.load()?;
-    let readers = store.readers();
-    let log = Arc::new(Log::new(loaded.head, Arc::new(readers.clone())));
-    let mut view = View {
-        mirror: loaded.mirror,
-        ..Default::default()
+    let (started, store) = match &options.database_url {
+        Some(url) => {
+            let store = Postgres::open(url).await?;
+            let described = ixn_proto::pg::describe(&ixn_proto::pg::config(url)?);
+            (
+                Started::start(store, options.clock.clone()).await?,
+                described,
+            )
+        }
+        None => {
+            let store = Sqlite::open(&options.data_dir)?;
+            let described = options.data_dir.display().to_string();
+            (
+                Started::start(store, options.clock.clone()).await?,
+                described,
+            )
+        }
     };
-    for s in loaded.sessions {
-        view.by_agent
-            .insert(agent_key(&s.tenant, &s.agent_id), s.session_id.clone());
-        view.sessions.insert(s.session_id.clone(), s);
-    }
-    let live: Vec<String> = view.sessions.keys().cloned().collect();
-    let view = Arc::new(Mutex::new(view));
+    let Started {
+        loaded_head,
+        cursor,
+        live,
+        reads,
+        role,
+        log,
+        view,
+        writer,
+    } = started;
     let clock = options.clock.clone();
-    let writer = Arc::new(Writer::start(
-        store,
-        loaded.head,
-        view.clone(),
-        log.clone(),
-        clock.clone(),
-    )?);
     let switch = Arc::new(Switch::new(
         &options.interaction_server,
         secret,
@@ -107,10 +115,10 @@ pub async fn serve(
     )?);
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        data_dir = %options.data_dir.display(),
+        store = %store,
         interaction_server = %options.interaction_server,
-        head = loaded.head,
-        relay_cursor = loaded.cursor,
+        head = loaded_head,
+        relay_cursor = cursor,
         "session-service serving"
     );
 
@@ -139,10 +147,13 @@ pub async fn serve(
 
     let (stop_relay, relay_stopped) = watch::channel(false);
     let relay = tokio::spawn(relay::run(
-        switch.clone(),
-        writer.clone(),
-        view.clone(),
-        loaded.cursor,
+        Relay {
+            switch: switch.clone(),
+            writer: writer.clone(),
+            view: view.clone(),
+            cursor,
+            role,
+        },
         relay_stopped,
     ));
 
@@ -151,7 +162,7 @@ pub async fn serve(
         view,
         writer.clone(),
         switch,
-        readers,
+        reads,
         log.clone(),
         clock.clone(),
         options.connection_lost_grace,
@@ -195,6 +206,60 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// The store loaded, and the writer started on it.
+struct Started {
+    loaded_head: u64,
+    cursor: u64,
+    /// The live sessions' ids.
+    live: Vec<String>,
+    reads: Reads,
+    role: Option<(ixn_proto::pg::Elector, Reads)>,
+    log: Arc<Log>,
+    view: Arc<Mutex<View>>,
+    writer: Arc<Writer>,
+}
+
+impl Started {
+    async fn start<S: Store>(store: S, clock: Clock) -> Result<Started, ServeError> {
+        // Loading blocks (and on PostgreSQL drives the runtime itself): not on a runtime thread.
+        let (store, loaded) = tokio::task::spawn_blocking(move || {
+            let mut store = store;
+            store.load().map(|loaded| (store, loaded))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let reads = store.reads();
+        let role = store.elector().map(|elector| (elector, reads.clone()));
+        let log = Arc::new(Log::new(loaded.head, reads.history()));
+        let mut view = View {
+            mirror: loaded.mirror,
+            ..Default::default()
+        };
+        for s in loaded.sessions {
+            view.put(s);
+        }
+        let live = view.sessions.keys().cloned().collect();
+        let view = Arc::new(Mutex::new(view));
+        let writer = Arc::new(Writer::start(
+            store,
+            loaded.head,
+            view.clone(),
+            log.clone(),
+            clock,
+        )?);
+        Ok(Started {
+            loaded_head: loaded.head,
+            cursor: loaded.cursor,
+            live,
+            reads,
+            role,
+            log,
+            view,
+            writer,
+        })
+    }
 }
 
 /// Sets the gauges of live sessions and their channels by state.

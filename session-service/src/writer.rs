@@ -3,17 +3,22 @@
 //! waiting, writes them in one transaction (one fsync: group commit), and only after the commit
 //! assigns the in-memory view, publishes the events to the log and answers. So each step of a logout
 //! is durable before the next starts, and memory never shows what the disk does not have.
+//!
+//! On a shared store the writer first folds in what other replicas committed (under the writers'
+//! lock at each batch, and whenever they notify): their events go to this replica's log, and the
+//! sessions they touch are read again.
 
 use crate::domain::{AgentKey, Emitted, Mirror, MirrorChange, agent_key};
-use crate::store::{Rows, Store, is_disposed};
+use crate::store::{Folded, Rows, Store, is_disposed, touched};
 use ixn_proto::clock::{Clock, Micros};
 use ixn_proto::events::event::Body;
 use ixn_proto::events::{Event, RelayedFrom};
 use ixn_proto::hosting::StoreHealth;
 use ixn_proto::log::{Log, LogEntry};
 use ixn_proto::session::Session;
-use ixn_proto::sqlite::StoreError;
+use ixn_proto::store::{Batch, REPLAY_CHUNK, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -32,6 +37,38 @@ pub struct View {
     /// The live session of each agent.
     pub by_agent: HashMap<AgentKey, String>,
     pub mirror: Mirror,
+}
+
+impl View {
+    /// Takes a session as committed: live, or gone once disposed.
+    pub fn put(&mut self, s: Session) {
+        let key = agent_key(&s.tenant, &s.agent_id);
+        if is_disposed(&s) {
+            self.sessions.remove(&s.session_id);
+            if self.by_agent.get(&key) == Some(&s.session_id) {
+                self.by_agent.remove(&key);
+            }
+        } else {
+            if let Some(old) = self.by_agent.insert(key, s.session_id.clone())
+                && old != s.session_id
+            {
+                self.sessions.remove(&old);
+            }
+            self.sessions.insert(s.session_id.clone(), s);
+        }
+    }
+
+    /// Takes the agent's live session as committed (`None`: it has none).
+    pub fn put_agent(&mut self, key: &AgentKey, live: Option<Session>) {
+        match live {
+            Some(s) => self.put(s),
+            None => {
+                if let Some(id) = self.by_agent.remove(key) {
+                    self.sessions.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 /// A request's outcome, recorded with the change it made.
@@ -60,9 +97,11 @@ pub struct Commit {
     pub events: Vec<Emitted>,
     /// The session as the change leaves it.
     pub session: Option<Session>,
+    /// The session's version the change was decided against (`None`: a new session).
+    pub session_was: Option<u64>,
     pub mirror: Vec<MirrorChange>,
-    /// The relay's new position in interaction-server's log.
-    pub cursor: Option<u64>,
+    /// The relay's move in interaction-server's log: from, to.
+    pub cursor: Option<(u64, u64)>,
     pub outcome: Option<Outcome>,
     /// The request that caused it.
     pub correlation_id: String,
@@ -82,6 +121,8 @@ enum Job {
     Commit(Box<Commit>, Reply),
     /// While the store is unreachable: try a write, and report.
     Probe(oneshot::Sender<()>),
+    /// On a shared store: fold in what other replicas committed (answered once done).
+    CatchUp(Option<oneshot::Sender<()>>),
 }
 
 /// The handle the service holds.
@@ -94,8 +135,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(
-        store: Store,
+    pub fn start<S: Store>(
+        store: S,
         head: u64,
         view: Arc<Mutex<View>>,
         log: Arc<Log>,
@@ -103,6 +144,26 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let health = StoreHealth::default();
+        let catch_up = Arc::new(AtomicBool::new(false));
+        if let Some(listener) = store.listen(Box::new({
+            let jobs = tx.downgrade();
+            let catch_up = catch_up.clone();
+            move || {
+                let Some(jobs) = jobs.upgrade() else {
+                    return false;
+                };
+                // One waiting catch-up covers every commit notified before it runs. When the
+                // queue is full, the batches ahead fold the events in anyway.
+                if !catch_up.swap(true, Ordering::AcqRel)
+                    && jobs.try_send(Job::CatchUp(None)).is_err()
+                {
+                    catch_up.store(false, Ordering::Release);
+                }
+                true
+            }
+        })) {
+            tokio::spawn(listener);
+        }
         let thread = Thread {
             health: health.clone(),
             store,
@@ -111,6 +172,7 @@ impl Writer {
             log,
             clock,
             last_prune: 0,
+            catch_up,
         };
         let handle = std::thread::Builder::new()
             .name("session-writer".into())
@@ -133,6 +195,16 @@ impl Writer {
         rx.await.map_err(|_| "the writer has stopped".to_owned())?
     }
 
+    /// Folds in what other replicas committed so far (nothing to do on a store one process owns).
+    pub async fn catch_up(&self) {
+        let jobs = self.jobs.read().expect("writer jobs").clone();
+        let Some(jobs) = jobs else { return };
+        let (tx, rx) = oneshot::channel();
+        if jobs.send(Job::CatchUp(Some(tx))).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Has the writer try a write to the store, which reports the outcome to [`Writer::health`].
     pub async fn probe(&self) {
         let jobs = self.jobs.read().expect("writer jobs").clone();
@@ -152,20 +224,23 @@ impl Writer {
     }
 }
 
-struct Thread {
+struct Thread<S> {
     health: StoreHealth,
-    store: Store,
+    store: S,
     next_seq: u64,
     view: Arc<Mutex<View>>,
     log: Arc<Log>,
     clock: Clock,
     last_prune: Micros,
+    /// Set while a [`Job::CatchUp`] from the listener waits.
+    catch_up: Arc<AtomicBool>,
 }
 
-impl Thread {
+impl<S: Store> Thread<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(jobs) = ixn_proto::sqlite::next_batch(&mut rx, MAX_BATCH) {
+        while let Some(jobs) = ixn_proto::store::next_batch(&mut rx, MAX_BATCH) {
             let mut batch = Vec::with_capacity(jobs.len());
+            let mut caught_up = Vec::new();
             for job in jobs {
                 match job {
                     Job::Commit(commit, reply) => batch.push((*commit, reply)),
@@ -173,16 +248,62 @@ impl Thread {
                         self.health.report(self.store.probe().is_ok());
                         let _ = done.send(());
                     }
+                    Job::CatchUp(done) => {
+                        // Cleared as soon as taken: a notification from now on queues another.
+                        self.catch_up.store(false, Ordering::Release);
+                        caught_up.extend(done);
+                    }
                 }
             }
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                if let Err(e) = self.fold_committed() {
+                    tracing::error!(error = %e, "other replicas' events cannot be read");
+                }
+            } else {
                 self.run_batch(batch);
+            }
+            for done in caught_up {
+                let _ = done.send(());
             }
         }
     }
 
-    fn run_batch(&mut self, mut batch: Vec<(Commit, Reply)>) {
-        let first_seq = self.next_seq;
+    /// Folds in what other replicas committed, outside a batch.
+    fn fold_committed(&mut self) -> Result<(), StoreError> {
+        loop {
+            let folded = self.store.committed(self.next_seq - 1)?;
+            if folded.entries.is_empty() {
+                return Ok(());
+            }
+            fold(&mut self.next_seq, &self.view, &self.log, folded);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<(Commit, Reply)>) {
+        match self.try_batch(batch) {
+            Ok(()) => {}
+            // A compare-and-set failed (another replica changed a row this batch decided on):
+            // each commit again on its own, so that only the one that conflicts fails.
+            Err((StoreError::Conflict(what), batch)) if batch.len() > 1 => {
+                tracing::warn!(%what, "a compare-and-set failed; committing the batch one by one");
+                for one in batch {
+                    self.run_batch(vec![one]);
+                }
+            }
+            Err((e, batch)) => {
+                tracing::error!(error = %e, "commit failed");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(format!("the store failed to commit: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Commits a batch and answers it, or gives it back with why it failed.
+    fn try_batch(
+        &mut self,
+        mut batch: Vec<(Commit, Reply)>,
+    ) -> Result<(), (StoreError, Vec<(Commit, Reply)>)> {
         let started = std::time::Instant::now();
         let span = ixn_proto::trace::linked_span(
             "store commit",
@@ -193,7 +314,8 @@ impl Thread {
         let mut entries = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         let written = self.write(&mut batch, &mut entries, &mut results);
-        self.health.report(written.is_ok());
+        self.health
+            .report(written.is_ok() || matches!(written, Err(StoreError::Conflict(_))));
         match written {
             Ok(()) => {
                 ixn_proto::measure::commit(started.elapsed(), batch.len());
@@ -204,16 +326,7 @@ impl Thread {
                             view.mirror.apply(change);
                         }
                         if let Some(s) = &commit.session {
-                            let key = agent_key(&s.tenant, &s.agent_id);
-                            if is_disposed(s) {
-                                view.sessions.remove(&s.session_id);
-                                if view.by_agent.get(&key) == Some(&s.session_id) {
-                                    view.by_agent.remove(&key);
-                                }
-                            } else {
-                                view.by_agent.insert(key, s.session_id.clone());
-                                view.sessions.insert(s.session_id.clone(), s.clone());
-                            }
+                            view.put(s.clone());
                         }
                     }
                 }
@@ -221,16 +334,20 @@ impl Thread {
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "commit failed");
-                self.next_seq = first_seq;
+                // Nothing of this batch is in the log: the next sequence follows what is published
+                // (on a shared store, what a commit whose answer was lost wrote is folded in later,
+                // as another replica's would be).
+                self.next_seq = self.log.head() + 1;
+                if self.store.reads().shared() {
+                    return Err((e, batch));
+                }
                 if let Ok(loaded) = self.store.load() {
                     self.next_seq = loaded.head + 1;
                 }
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(format!("the store failed to commit: {e}")));
-                }
+                Err((e, batch))
             }
         }
     }
@@ -242,7 +359,26 @@ impl Thread {
         results: &mut Vec<Committed>,
     ) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let tx = self.store.begin()?;
+        let mut tx = self.store.begin()?;
+        if let Some(head) = tx.shared_head() {
+            // Under the writers' lock: what other replicas committed comes first.
+            while self.next_seq <= head {
+                let entries = tx.events_after(self.next_seq - 1, REPLAY_CHUNK)?;
+                if entries.is_empty() {
+                    return Err(StoreError::Corrupt(format!(
+                        "the log's head is {head} but nothing follows {}",
+                        self.next_seq - 1
+                    )));
+                }
+                let sessions = tx.sessions(&touched(&entries))?;
+                fold(
+                    &mut self.next_seq,
+                    &self.view,
+                    &self.log,
+                    Folded { entries, sessions },
+                );
+            }
+        }
         for (commit, _) in batch.iter_mut() {
             let mut sequences = Vec::with_capacity(commit.events.len());
             for emitted in &commit.events {
@@ -260,13 +396,13 @@ impl Thread {
                 entries.push(Arc::new(entry));
             }
             if let Some(s) = &commit.session {
-                tx.save_session(s)?;
+                tx.save_session(s, commit.session_was)?;
             }
             for change in &commit.mirror {
                 tx.save_mirror(change)?;
             }
-            if let Some(cursor) = commit.cursor {
-                tx.save_cursor(cursor)?;
+            if let Some((from, to)) = commit.cursor {
+                tx.save_cursor(from, to)?;
             }
             if let Some(o) = &commit.outcome {
                 let bytes = response_bytes(o, commit.session.as_ref(), &sequences);
@@ -291,6 +427,21 @@ impl Thread {
         }
         tx.commit()
     }
+}
+
+/// Takes what other replicas committed: their events go to the log, their sessions to memory.
+fn fold(next_seq: &mut u64, view: &Mutex<View>, log: &Log, folded: Folded) {
+    let Some(last) = folded.entries.last() else {
+        return;
+    };
+    *next_seq = (*next_seq).max(last.sequence + 1);
+    {
+        let mut view = view.lock().expect("view");
+        for s in folded.sessions {
+            view.put(s);
+        }
+    }
+    log.publish(folded.entries);
 }
 
 /// The log entry of one event: session-service's own, or one relayed from interaction-server.

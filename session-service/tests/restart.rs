@@ -44,19 +44,6 @@ async fn at_switch(stack: &Stack, agent: &str) -> Agent {
         .into_inner()
 }
 
-/// A media server submits a `media` interaction, router r1 takes it and invites `agent`: its id.
-async fn offer(stack: &Stack, agent: &str, media: &str) -> String {
-    let id = stack
-        .ixn(Role::MediaServer, "ms1")
-        .submit("q", media)
-        .await
-        .interaction_id;
-    let mut router = stack.ixn(Role::Router, "r1");
-    router.pull("q", &id).await;
-    router.deliver(&id, agent).await.unwrap();
-    id
-}
-
 /// The next event, which must be there.
 async fn next(bus: &mut Stream) -> Event {
     bus.next()
@@ -530,10 +517,15 @@ async fn after_a_restart_the_grace_starts_again_for_every_session() {
     // desktop comes back within it, a1's does not.
     a1.get(&s1.session_id).await.unwrap();
     let mut bus2 = a2.connect(&s2.session_id, last2).await;
+    // a1's own events, read without a Connect stream (which would count as its desktop back).
+    let mut a1_log = a1.log_after(last1).await;
     stack.clock.advance(std::time::Duration::from_secs(6));
+    let lost_seen = next(&mut a1_log).await;
 
+    // The desktop comes back after the grace: its first event is the change the grace made.
     let mut bus1 = a1.connect(&s1.session_id, last1).await;
     let lost = next(&mut bus1).await;
+    assert_eq!(lost, lost_seen);
     match body(&lost) {
         Body::AgentStateChanged(c) => {
             assert_eq!(c.media_type, "chat");

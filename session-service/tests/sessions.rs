@@ -95,19 +95,6 @@ fn code_of(r: &Option<Reason>) -> &str {
     r.as_ref().map(|r| r.code.as_str()).unwrap_or("")
 }
 
-/// A media server submits a `media` interaction, router r1 takes it and invites `agent`: its id.
-async fn offer(stack: &Stack, agent: &str, media: &str) -> String {
-    let id = stack
-        .ixn(Role::MediaServer, "ms1")
-        .submit("q", media)
-        .await
-        .interaction_id;
-    let mut router = stack.ixn(Role::Router, "r1");
-    router.pull("q", &id).await;
-    router.deliver(&id, agent).await.unwrap();
-    id
-}
-
 fn interaction_of(e: &Event) -> Option<&str> {
     ixn_proto::event::interaction_id(body(e))
 }
@@ -1423,10 +1410,14 @@ async fn ready_channels_go_not_ready_when_the_connection_is_lost_for_the_grace()
     let last = seen.last().unwrap().sequence;
 
     hang_up(&mut desktop, bus, &sid).await;
+    let mut log = desktop.log_after(last).await;
     stack.clock.advance(stack.grace + Duration::from_secs(1));
+    let changed = next(&mut log).await;
 
+    // The desktop comes back after the grace: its first event is the change the grace made.
     let mut bus = desktop.connect(&sid, last).await;
     let e = next(&mut bus).await;
+    assert_eq!(e, changed);
     assert_eq!(e.sequence, last + 1);
     assert!(is_system(&e.actor, "connection-lost"), "{e:?}");
     let c = state_change(&e);

@@ -43,20 +43,14 @@ pub fn secret() -> Secret {
     }
 }
 
-/// Whether this test binary runs its suite on PostgreSQL (the `*_on_postgres` ones, each a suite of
-/// this directory again) rather than on SQLite.
+/// Whether this test binary runs its suite on PostgreSQL (a `*_on_postgres` one) or SQLite.
 pub fn on_postgres() -> bool {
-    env!("CARGO_CRATE_NAME").ends_with("on_postgres")
+    ixn_proto::testing::on_postgres(env!("CARGO_CRATE_NAME"))
 }
 
-/// The shared store a server on `data_dir` uses, on PostgreSQL: a schema named after the directory,
-/// so that a restart finds what the server wrote.
+/// The store of a server on `data_dir`: SQLite in it, or a PostgreSQL schema named after it.
 pub async fn database_url(data_dir: &Path) -> Option<String> {
-    if on_postgres() {
-        Some(ixn_proto::testing::postgres_schema(data_dir).await)
-    } else {
-        None
-    }
+    ixn_proto::testing::database_url(env!("CARGO_CRATE_NAME"), data_dir).await
 }
 
 /// A running server.

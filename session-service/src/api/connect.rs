@@ -152,11 +152,31 @@ impl Inner {
 
     /// The grace period is over with no stream: Ready channels go Not Ready.
     async fn connection_lost(self: &Arc<Self>, session_id: &str, generation: u64) {
-        let Some(found) = self.live_session(session_id) else {
+        let found = match self
+            .live_session(session_id)
+            .filter(|_| !self.reads.shared())
+        {
+            Some(s) => Some(s),
+            // On a shared store another replica may have changed or ended it.
+            None => match self.reads.session(session_id).await {
+                Ok(found) => found.filter(|s| !crate::store::is_disposed(s)),
+                Err(e) => {
+                    tracing::error!(session_id, error = %e, "connection lost, but the session cannot be read");
+                    return;
+                }
+            },
+        };
+        let Some(found) = found else {
             self.connections.forget(session_id);
             return;
         };
-        let _guard = self.lock(&agent_key(&found.tenant, &found.agent_id)).await;
+        let _guard = match self.lock(&agent_key(&found.tenant, &found.agent_id)).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(session_id, error = %e, "connection lost, but the agent cannot be locked");
+                return;
+            }
+        };
         if !self.connections.still_gone(session_id, generation) {
             return;
         }
@@ -189,10 +209,18 @@ impl Inner {
                 tracing::warn!(session_id, media, error = %e, "connection lost, but the switch could not make the channel Not Ready");
                 continue;
             }
+            let was = session.version;
             let event =
                 domain::state_changed(&mut session, &media, false, Some(reason.clone()), &actor);
             if let Err(e) = self
-                .commit(vec![event], Some(session.clone()), None, None, "")
+                .commit(
+                    vec![event],
+                    Some(session.clone()),
+                    Some(was),
+                    None,
+                    None,
+                    "",
+                )
                 .await
             {
                 tracing::error!(session_id, error = %e, "connection lost: the change could not be committed");

@@ -1,7 +1,8 @@
 //! The gRPC handlers of `SessionService`, and what they share.
 //!
-//! Each operation on an agent runs under that agent's lock, so a Logout's steps and a concurrent
-//! SetReady, or two logins of one agent, never interleave. Within it: the recorded outcome of the same
+//! Each operation on an agent runs under that agent's lock (across replicas on a shared store, where
+//! the agent's session is then read as committed), so a Logout's steps and a concurrent SetReady, or
+//! two logins of one agent, never interleave. Within it: the recorded outcome of the same
 //! request is answered again; otherwise the session is checked (domain), the switch is called, and
 //! the events are committed before the next step or the answer.
 
@@ -12,7 +13,7 @@ pub use connect::Connections;
 
 use crate::domain::{AgentKey, Emitted};
 use crate::error::Error;
-use crate::store::Reads;
+use crate::store::{AgentLock, Reads};
 use crate::switch::Switch;
 use crate::writer::{Commit, Committed, Outcome, Response, View, Writer};
 use ixn_proto::auth::{Identity, Role};
@@ -20,9 +21,8 @@ use ixn_proto::clock::Clock;
 use ixn_proto::error::{Failure, Reason as R};
 use ixn_proto::log::Log;
 use ixn_proto::session::Session;
-use ixn_proto::sqlite::Readers;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,7 +33,7 @@ pub struct Inner {
     pub view: Arc<Mutex<View>>,
     pub writer: Arc<Writer>,
     pub switch: Arc<Switch>,
-    pub readers: Readers,
+    pub reads: Reads,
     pub log: Arc<Log>,
     pub clock: Clock,
     /// How long a session may have no `Connect` stream before its Ready channels go Not Ready.
@@ -55,7 +55,7 @@ impl Api {
         view: Arc<Mutex<View>>,
         writer: Arc<Writer>,
         switch: Arc<Switch>,
-        readers: Readers,
+        reads: Reads,
         log: Arc<Log>,
         clock: Clock,
         grace: Duration,
@@ -66,7 +66,7 @@ impl Api {
                 view,
                 writer,
                 switch,
-                readers,
+                reads,
                 log,
                 clock,
                 grace,
@@ -79,8 +79,9 @@ impl Api {
 }
 
 impl Inner {
-    /// The agent's lock: held for the whole of an operation on the agent.
-    pub async fn lock(&self, key: &AgentKey) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The agent's lock: held for the whole of an operation on the agent. On a shared store it is
+    /// also taken across replicas, and memory then takes the agent's session as committed.
+    pub async fn lock(&self, key: &AgentKey) -> Result<AgentGuard, Error> {
         let lock = {
             let mut locks = self.locks.lock().expect("locks");
             // Forget locks nobody holds, so the map does not grow with every agent ever seen.
@@ -89,7 +90,24 @@ impl Inner {
             }
             locks.entry(key.clone()).or_default().clone()
         };
-        lock.lock_owned().await
+        let local = lock.lock_owned().await;
+        let shared = self.reads.lock_agent(key).await?;
+        if let Some(shared) = &shared {
+            let mut view = self.view.lock().expect("view");
+            view.put_agent(key, shared.live.clone());
+        }
+        Ok(AgentGuard {
+            _local: local,
+            _shared: shared,
+        })
+    }
+
+    /// What the agent holds (interaction → media), as the relay last committed it.
+    pub async fn held_by(&self, key: &AgentKey) -> Result<BTreeMap<String, String>, Error> {
+        if self.reads.shared() {
+            return Ok(self.reads.held_by(key).await?);
+        }
+        Ok(self.view.lock().expect("view").mirror.held_by(key))
     }
 
     /// The live session, as committed.
@@ -104,12 +122,13 @@ impl Inner {
 
     /// The session the caller may act on: live, or (for reads and retries) from the store.
     pub async fn session_for(&self, who: &Identity, session_id: &str) -> Result<Session, Error> {
-        let found = match self.live_session(session_id) {
+        // On a shared store another replica may have changed it: the store says.
+        let found = match self
+            .live_session(session_id)
+            .filter(|_| !self.reads.shared())
+        {
             Some(s) => Some(s),
-            None => {
-                let id = session_id.to_owned();
-                self.readers.run(move |r| r.session(&id)).await?
-            }
+            None => self.reads.session(session_id).await?,
         };
         let tenant = who.tenant()?;
         let visible = found.filter(|s| {
@@ -126,10 +145,9 @@ impl Inner {
 
     /// The recorded outcome of the same request, if it succeeded before.
     pub async fn recorded(&self, key: &RequestKey) -> Result<Option<Vec<u8>>, Error> {
-        let k = key.clone();
         let stored = self
-            .readers
-            .run(move |r| r.request(&k.tenant, &k.subject, k.method, &k.request_id))
+            .reads
+            .request(&key.tenant, &key.subject, key.method, &key.request_id)
             .await?;
         match stored {
             None => Ok(None),
@@ -143,7 +161,8 @@ impl Inner {
         }
     }
 
-    /// Commits events (and the session as they leave it), durable before this returns. The events
+    /// Commits events (and the session as they leave it, decided on its version `was`; `None` for a
+    /// new one), durable before this returns. The events
     /// carry `request`'s id as their correlation id; `record` says what outcome to keep for
     /// retries — none for one step of a longer request (a Logout's steps 3 and 4), which may still
     /// fail, and a failure is not recorded.
@@ -151,6 +170,7 @@ impl Inner {
         &self,
         events: Vec<Emitted>,
         session: Option<Session>,
+        was: Option<u64>,
         request: Option<&RequestKey>,
         record: Option<Response>,
         trace: &str,
@@ -166,6 +186,7 @@ impl Inner {
         let commit = Commit {
             events,
             session,
+            session_was: was,
             outcome,
             correlation_id: request.map(|k| k.request_id.clone()).unwrap_or_default(),
             traceparent: trace.to_owned(),
@@ -173,6 +194,13 @@ impl Inner {
         };
         self.writer.commit(commit).await.map_err(Error::Store)
     }
+}
+
+/// An agent's lock, held while it lives.
+#[derive(Debug)]
+pub struct AgentGuard {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    _shared: Option<AgentLock>,
 }
 
 /// What keys a request's recorded outcome.

@@ -69,13 +69,8 @@ fn inactive(s: &Session, media: &str) -> Error {
 
 impl Inner {
     /// The session as a reader sees it: each channel with what the agent holds on that media.
-    pub fn present(&self, mut s: Session) -> Session {
-        let held = self
-            .view
-            .lock()
-            .expect("view")
-            .mirror
-            .held_by(&agent_key(&s.tenant, &s.agent_id));
+    pub async fn present(&self, mut s: Session) -> Result<Session, Error> {
+        let held = self.held_by(&agent_key(&s.tenant, &s.agent_id)).await?;
         if let Some(group) = s.channel_group.as_mut() {
             for c in &mut group.channels {
                 c.interaction_ids = held
@@ -85,7 +80,7 @@ impl Inner {
                     .collect();
             }
         }
-        s
+        Ok(s)
     }
 
     /// The live session under its agent's lock: re-read, since it may have changed while waiting.
@@ -116,22 +111,26 @@ impl Inner {
     {
         validate::uuid("session_id", session_id)?;
         let found = self.session_for(who, session_id).await?;
-        let _guard = self.lock(&agent_key(&found.tenant, &found.agent_id)).await;
+        let _guard = self
+            .lock(&agent_key(&found.tenant, &found.agent_id))
+            .await?;
         if let Some(bytes) = self.recorded(&key).await? {
             return decode(&bytes);
         }
         let session = self.locked_session(session_id)?;
+        let was = session.version;
         let (session, events) = change(session).await?;
         let committed = self
             .commit(
                 events,
                 Some(session),
+                Some(was),
                 Some(&key),
                 Some(Recorded::Session),
                 trace,
             )
             .await?;
-        Ok(self.present(committed.session.unwrap_or_default()))
+        Ok(self.present(committed.session.unwrap_or_default()).await?)
     }
 }
 
@@ -180,7 +179,7 @@ impl SessionService for Api {
         let inner = &self.inner;
         let tenant = key.tenant.clone();
         let akey = agent_key(&tenant, &agent_id);
-        let _guard = inner.lock(&akey).await;
+        let _guard = inner.lock(&akey).await?;
         if let Some(bytes) = inner.recorded(&key).await? {
             return Ok(Response::new(decode(&bytes)?));
         }
@@ -322,6 +321,7 @@ impl SessionService for Api {
             .commit(
                 events,
                 Some(session),
+                None,
                 Some(&key),
                 Some(Recorded::Session),
                 &trace,
@@ -332,7 +332,7 @@ impl SessionService for Api {
         inner
             .connections
             .disconnected(self.inner.clone(), &session.session_id);
-        Ok(Response::new(inner.present(session)))
+        Ok(Response::new(inner.present(session).await?))
     }
 
     async fn logout(
@@ -349,7 +349,7 @@ impl SessionService for Api {
         let found = inner.session_for(&who, &r.session_id).await?;
         let (tenant, agent_id) = (found.tenant.clone(), found.agent_id.clone());
         let akey = agent_key(&tenant, &agent_id);
-        let _guard = inner.lock(&akey).await;
+        let _guard = inner.lock(&akey).await?;
         if let Some(bytes) = inner.recorded(&key).await? {
             return Ok(Response::new(decode(&bytes)?));
         }
@@ -358,7 +358,7 @@ impl SessionService for Api {
         let switch = &inner.switch;
 
         // Steps 1 and 2: EF1 (an ongoing interaction), AF1 (a reason is required). Nothing changes.
-        let held = inner.view.lock().expect("view").mirror.held_by(&akey);
+        let held = inner.held_by(&akey).await?;
         let plan = domain::plan_logout(&session, &held, r.reason.as_ref())?;
 
         // Step 3: every Ready channel goes Not Ready at the switch, each durable before the next.
@@ -381,6 +381,7 @@ impl SessionService for Api {
                 )
                 .await
                 .map_err(|e| step_failed(R::NotReadyFailed, e, &session, &media))?;
+            let was = session.version;
             session.state = SessionState::LoggingOut as i32;
             let event = domain::state_changed(
                 &mut session,
@@ -390,7 +391,14 @@ impl SessionService for Api {
                 &actor,
             );
             inner
-                .commit(vec![event], Some(session.clone()), Some(&key), None, &trace)
+                .commit(
+                    vec![event],
+                    Some(session.clone()),
+                    Some(was),
+                    Some(&key),
+                    None,
+                    &trace,
+                )
                 .await?;
         }
 
@@ -407,10 +415,18 @@ impl SessionService for Api {
                     .remove_media(&tenant, step, &agent_id, &media, &trace)
                     .await
                     .map_err(|e| step_failed(R::DeactivationFailed, e, &session, &media))?;
+                let was = session.version;
                 session.state = SessionState::LoggingOut as i32;
                 let event = domain::activation_changed(&mut session, &media, false, None, &actor);
                 inner
-                    .commit(vec![event], Some(session.clone()), Some(&key), None, &trace)
+                    .commit(
+                        vec![event],
+                        Some(session.clone()),
+                        Some(was),
+                        Some(&key),
+                        None,
+                        &trace,
+                    )
                     .await?;
             }
         }
@@ -451,11 +467,13 @@ impl SessionService for Api {
 
         // Step 6: dispose of each channel, the channel group and the session; step 7 follows: the
         // session's Connect streams end once they have delivered SessionDisposed.
+        let was = session.version;
         let events = domain::disposed(&mut session, plan.reason.clone(), &actor);
         let committed = inner
             .commit(
                 events,
                 Some(session),
+                Some(was),
                 Some(&key),
                 Some(Recorded::Logout),
                 &trace,
@@ -623,7 +641,7 @@ impl SessionService for Api {
         let r = request.into_inner();
         validate::uuid("session_id", &r.session_id)?;
         let session = self.inner.session_for(&who, &r.session_id).await?;
-        Ok(Response::new(self.inner.present(session)))
+        Ok(Response::new(self.inner.present(session).await?))
     }
 
     type ConnectStream = ReceiverStream<Result<Event, Status>>;
@@ -637,6 +655,10 @@ impl SessionService for Api {
         let r = request.into_inner();
         validate::uuid("session_id", &r.session_id)?;
         let session = self.inner.session_for(&who, &r.session_id).await?;
+        if r.after_sequence > self.inner.log.head() {
+            // Another replica may have committed it: fold in what they did before checking.
+            self.inner.writer.catch_up().await;
+        }
         let stream = self.inner.connect(&who, session, r.after_sequence)?;
         Ok(Response::new(stream))
     }

@@ -51,6 +51,16 @@ pub fn platform() -> PlatformConfig {
     }
 }
 
+/// Whether this test binary runs its suite on PostgreSQL (a `*_on_postgres` one) or SQLite.
+pub fn on_postgres() -> bool {
+    ixn_proto::testing::on_postgres(env!("CARGO_CRATE_NAME"))
+}
+
+/// The store of a server on `data_dir`: SQLite in it, or a PostgreSQL schema named after it.
+pub async fn database_url(data_dir: &Path) -> Option<String> {
+    ixn_proto::testing::database_url(env!("CARGO_CRATE_NAME"), data_dir).await
+}
+
 /// One server task with its shutdown.
 pub struct Running {
     pub addr: SocketAddr,
@@ -154,10 +164,20 @@ impl Stack {
 
     pub async fn start_session_service(&mut self) {
         let listener = listener_at(self.sessions.as_ref().map(|r| r.addr)).await;
+        self.sessions = Some(self.spawn_session_service(listener).await);
+    }
+
+    /// Another replica of session-service on the same store (on PostgreSQL: the same schema).
+    pub async fn session_replica(&self) -> Running {
+        self.spawn_session_service(listener_at(None).await).await
+    }
+
+    async fn spawn_session_service(&self, listener: TcpListener) -> Running {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let options = session_service::server::Options {
             data_dir: self.session_dir.clone(),
+            database_url: database_url(&self.session_dir).await,
             secrets: vec![secret()],
             interaction_server: format!("http://{}", self.ixn_addr),
             clock: Clock::Manual(self.clock.clone()),
@@ -173,11 +193,11 @@ impl Stack {
             .await
             .unwrap();
         });
-        self.sessions = Some(Running {
+        Running {
             addr,
             shutdown: Some(tx),
             handle,
-        });
+        }
     }
 
     pub async fn stop_session_service(&mut self) -> SocketAddr {
@@ -229,6 +249,12 @@ impl Stack {
         )
     }
 
+    /// A desktop talking to the session-service at `addr` (a replica).
+    pub fn desktop_at(&self, addr: SocketAddr, agent: &str) -> Desktop {
+        let token = self.token(Role::Agent, agent, "t1", Some(agent));
+        Desktop::new(Self::channel(addr), agent, token)
+    }
+
     /// An admin's client of session-service.
     pub fn session_admin(&self) -> Desktop {
         let token = self.token(Role::Admin, "ops", "t1", None);
@@ -266,6 +292,19 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 type Authed = InterceptedService<Channel, Bearer>;
+
+/// A media server submits a `media` interaction, router r1 takes it and invites `agent`: its id.
+pub async fn offer(stack: &Stack, agent: &str, media: &str) -> String {
+    let id = stack
+        .ixn(Role::MediaServer, "ms1")
+        .submit("q", media)
+        .await
+        .interaction_id;
+    let mut router = stack.ixn(Role::Router, "r1");
+    router.pull("q", &id).await;
+    router.deliver(&id, agent).await.unwrap();
+    id
+}
 
 pub fn rid() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -361,6 +400,22 @@ impl Desktop {
             })
             .await?
             .into_inner())
+    }
+
+    /// The caller's events in session-service's log after `after`, read with `Subscribe`: not a
+    /// `Connect` stream, so its desktop still counts as gone.
+    pub async fn log_after(&mut self, after: u64) -> Stream {
+        let stream = self
+            .events
+            .subscribe(SubscribeRequest {
+                after_sequence: after,
+                from_head: false,
+                filter: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { stream }
     }
 
     pub async fn connect(&mut self, session: &str, after: u64) -> Stream {

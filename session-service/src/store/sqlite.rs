@@ -2,9 +2,12 @@
 //! outcomes, the directory lock): sessions, the mirror of what agents hold, and the cursor of the
 //! relay in interaction-server's log.
 
-use crate::domain::{Mirror, MirrorChange, agent_key};
-use ixn_proto::session::{Session, SessionState};
-use ixn_proto::sqlite::{Batch, Database, Readers, StoreError};
+use super::{Folded, Loaded, Reads, Rows, decode};
+use crate::domain::{MirrorChange, agent_key};
+use ixn_proto::pg::Elector;
+use ixn_proto::session::Session;
+use ixn_proto::sqlite::{Batch, Database, Readers};
+use ixn_proto::store::{BoxFuture, StoreError};
 use prost::Message;
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
@@ -34,42 +37,51 @@ CREATE TABLE IF NOT EXISTS interaction_media (
 ) WITHOUT ROWID;
 ";
 
-/// What the service keeps in memory, read back at start.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub sessions: Vec<Session>,
-    pub mirror: Mirror,
-    /// The last interaction-server sequence relayed.
-    pub cursor: u64,
-    pub head: u64,
-}
-
+/// The embedded store: SQLite in the data directory, owned by one process.
 #[derive(Debug)]
-pub struct Store {
+pub struct Sqlite {
     db: Database,
 }
 
-impl Store {
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+impl Sqlite {
+    pub fn open(data_dir: &Path) -> Result<Sqlite, StoreError> {
         let db = Database::open(data_dir, "sessions.db", SCHEMA, SCHEMA_VERSION)?;
-        Ok(Store { db })
+        Ok(Sqlite { db })
     }
+}
 
-    pub fn readers(&self) -> Readers {
-        self.db.readers()
-    }
+impl super::Store for Sqlite {
+    type Tx<'a> = Batch<'a>;
 
-    pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+    fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
         self.db.begin()
     }
 
-    /// Whether the store takes a write.
-    pub fn probe(&mut self) -> Result<(), StoreError> {
+    fn probe(&mut self) -> Result<(), StoreError> {
         self.db.probe()
     }
 
-    /// Every live session, the mirror, the relay cursor and the head of the log.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
+    fn reads(&self) -> Reads {
+        Reads::Sqlite(self.db.readers())
+    }
+
+    fn committed(&mut self, _after: u64) -> Result<Folded, StoreError> {
+        // Nobody else writes here.
+        Ok(Folded::default())
+    }
+
+    fn listen(
+        &self,
+        _changed: Box<dyn Fn() -> bool + Send + 'static>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
+    fn elector(&self) -> Option<Elector> {
+        None
+    }
+
+    fn load(&mut self) -> Result<Loaded, StoreError> {
         let conn = self.db.conn();
         let mut loaded = Loaded {
             head: self.db.head()?,
@@ -108,19 +120,8 @@ impl Store {
     }
 }
 
-fn decode(body: &[u8]) -> Result<Session, StoreError> {
-    Session::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// session-service's rows, written in the writer's batch.
-pub trait Rows {
-    fn save_session(&self, s: &Session) -> Result<(), StoreError>;
-    fn save_mirror(&self, change: &MirrorChange) -> Result<(), StoreError>;
-    fn save_cursor(&self, cursor: u64) -> Result<(), StoreError>;
-}
-
 impl Rows for Batch<'_> {
-    fn save_session(&self, s: &Session) -> Result<(), StoreError> {
+    fn save_session(&mut self, s: &Session, _was: Option<u64>) -> Result<(), StoreError> {
         self.tx()
             .prepare_cached(
                 "INSERT INTO sessions (session_id, tenant, agent_id, state, body) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -136,7 +137,7 @@ impl Rows for Batch<'_> {
         Ok(())
     }
 
-    fn save_mirror(&self, change: &MirrorChange) -> Result<(), StoreError> {
+    fn save_mirror(&mut self, change: &MirrorChange) -> Result<(), StoreError> {
         let tx = self.tx();
         match change {
             MirrorChange::Media { interaction, media } => {
@@ -168,7 +169,7 @@ impl Rows for Batch<'_> {
         Ok(())
     }
 
-    fn save_cursor(&self, cursor: u64) -> Result<(), StoreError> {
+    fn save_cursor(&mut self, _from: u64, cursor: u64) -> Result<(), StoreError> {
         self.tx()
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('relay_cursor', ?1)
@@ -177,27 +178,25 @@ impl Rows for Batch<'_> {
             .execute([cursor as i64])?;
         Ok(())
     }
-}
 
-/// session-service's reads.
-pub trait Reads {
-    /// A session in any state, disposed ones included.
-    fn session(&self, session_id: &str) -> Result<Option<Session>, StoreError>;
-}
-
-impl Reads for Readers {
-    fn session(&self, session_id: &str) -> Result<Option<Session>, StoreError> {
-        self.with(|c| {
-            let body = c
-                .prepare_cached("SELECT body FROM sessions WHERE session_id = ?1")?
-                .query_row([session_id], |r| r.get::<_, Vec<u8>>(0))
-                .optional()?;
-            body.map(|b| decode(&b)).transpose()
-        })
+    fn sessions(&mut self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(one_session(self.tx(), id)?);
+        }
+        Ok(found)
     }
 }
 
-/// Whether a session is over.
-pub fn is_disposed(s: &Session) -> bool {
-    s.state() == SessionState::Disposed
+/// A session in any state, disposed ones included.
+pub(super) fn session(readers: &Readers, session_id: &str) -> Result<Option<Session>, StoreError> {
+    readers.with(|c| one_session(c, session_id))
+}
+
+fn one_session(c: &rusqlite::Connection, session_id: &str) -> Result<Option<Session>, StoreError> {
+    let body = c
+        .prepare_cached("SELECT body FROM sessions WHERE session_id = ?1")?
+        .query_row([session_id], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?;
+    body.map(|b| decode(&b)).transpose()
 }
