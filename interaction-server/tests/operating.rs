@@ -320,7 +320,8 @@ async fn the_deployed_configuration_file_is_accepted() {
         "{platform:?}"
     );
     server.signal("TERM");
-    assert!(server.wait().await.success());
+    let status = server.wait().await;
+    assert!(status.success(), "{status:?}");
 }
 
 /// Logs are human-readable lines by default, JSON objects with `--log-format json` (the other

@@ -74,6 +74,16 @@ impl Log {
         *self.head.borrow()
     }
 
+    /// The head a reader may ask to follow from: this log's, or on a shared store the committed
+    /// one when other replicas' events have yet to reach this log (they are on their way).
+    pub async fn known_head(&self) -> Result<u64, StoreError> {
+        let head = self.head();
+        Ok(match self.history.committed_head().await? {
+            Some(committed) => committed.max(head),
+            None => head,
+        })
+    }
+
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }

@@ -790,6 +790,88 @@ impl Drop for Advisory {
     }
 }
 
+/// The first key of the replicas' presence locks (the two-key form of advisory locks), "ixn\0".
+const PRESENCE: i64 = 0x6978_6e00;
+
+/// SQL that is true while the replica numbered by the expression `replica` (see
+/// [`Database::presence`]) holds its presence lock: rows it wrote count only while it lives.
+pub fn present(replica: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+           AND l.objsubid = 2 AND l.classid::bigint = {PRESENCE} AND l.objid::bigint = ({replica})::bigint
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    )
+}
+
+impl Database {
+    /// Marks this process present, under a number no other live replica has, while the lease
+    /// lives (a lock on a connection of its own, which other replicas see in `pg_locks`).
+    pub async fn presence(&self) -> Result<(Presence, Lease), StoreError> {
+        loop {
+            let bytes = uuid::Uuid::new_v4().into_bytes();
+            let presence = Presence {
+                config: self.config.clone(),
+                number: i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX,
+            };
+            if let Some(lease) = presence.renew().await? {
+                return Ok((presence, lease));
+            }
+        }
+    }
+}
+
+/// A replica's presence: its number, and how to take its lock again once lost.
+#[derive(Clone)]
+pub struct Presence {
+    config: Config,
+    number: i32,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence")
+            .field("number", &self.number)
+            .finish()
+    }
+}
+
+impl Presence {
+    pub fn number(&self) -> i32 {
+        self.number
+    }
+
+    /// Takes the presence lock (again), unless a connection still holds it.
+    pub async fn renew(&self) -> Result<Option<Lease>, StoreError> {
+        let (client, ended) = lease_connection(&self.config).await?;
+        let held: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1::bigint::int4, $2)",
+                &[&PRESENCE, &self.number],
+            )
+            .await?
+            .get(0);
+        Ok(held.then_some(Lease {
+            _client: client,
+            ended,
+        }))
+    }
+}
+
+/// A connection of its own, and what completes when it ends.
+async fn lease_connection(
+    config: &Config,
+) -> Result<(Client, tokio::sync::oneshot::Receiver<()>), StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection holding a lock ended");
+        }
+        let _ = ended_tx.send(());
+    });
+    Ok((client, ended))
+}
+
 /// Elects one replica at a time for a role: the holder of a session-level advisory lock on a
 /// connection of its own.
 #[derive(Clone)]
@@ -807,14 +889,7 @@ impl std::fmt::Debug for Elector {
 impl Elector {
     /// The role, if no other replica holds it.
     pub async fn try_acquire(&self) -> Result<Option<Lease>, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        let (ended_tx, ended) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "a PostgreSQL connection holding a role ended");
-            }
-            let _ = ended_tx.send(());
-        });
+        let (client, ended) = lease_connection(&self.config).await?;
         let held: bool = client
             .query_one(
                 &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
@@ -852,6 +927,17 @@ impl History for Pool {
         Box::pin(async move {
             let client = self.client().await?;
             read_events(&client, after, limit.min(REPLAY_CHUNK)).await
+        })
+    }
+
+    fn committed_head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let head: i64 = client
+                .query_one("SELECT sequence FROM log_head WHERE id = 1", &[])
+                .await?
+                .get(0);
+            Ok(Some(head as u64))
         })
     }
 }

@@ -122,6 +122,12 @@ pub trait History: Send + Sync + std::fmt::Debug {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Arc<LogEntry>>, StoreError>>;
+
+    /// On a store that several replicas share, the head of the log as committed (other replicas'
+    /// events up to it may not have reached this one's log yet). `None` where one process writes.
+    fn committed_head(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Party keys may hold any character, spaces included: the column is a JSON array.

@@ -51,7 +51,14 @@ impl EventService for Events {
         let r = request.into_inner();
         let filter = r.filter.unwrap_or_default();
         check_filter(&filter)?;
-        let head = self.log.head();
+        let mut head = self.log.head();
+        if r.after_sequence > head {
+            head = self
+                .log
+                .known_head()
+                .await
+                .map_err(|e| Status::unavailable(format!("the store is unavailable: {e}")))?;
+        }
         if r.after_sequence > head {
             return Err(Failure::new(
                 Reason::SequenceOutOfRange,

@@ -78,22 +78,19 @@ pub async fn serve(
         .first()
         .cloned()
         .ok_or(ServeError::NoSecret)?;
-    let (started, store) = match &options.database_url {
+    let (started, store, presence) = match &options.database_url {
         Some(url) => {
             let store = Postgres::open(url).await?;
+            let presence = store.presence().await?;
             let described = ixn_proto::pg::describe(&ixn_proto::pg::config(url)?);
-            (
-                Started::start(store, options.clock.clone()).await?,
-                described,
-            )
+            let started = Started::start(store, options.clock.clone()).await?;
+            (started, described, Some(presence))
         }
         None => {
             let store = Sqlite::open(&options.data_dir)?;
             let described = options.data_dir.display().to_string();
-            (
-                Started::start(store, options.clock.clone()).await?,
-                described,
-            )
+            let started = Started::start(store, options.clock.clone()).await?;
+            (started, described, None)
         }
     };
     let Started {
@@ -168,6 +165,16 @@ pub async fn serve(
         options.connection_lost_grace,
         draining.clone(),
     );
+    let presence = presence.map(|(presence, lease)| {
+        let (record, recorded) = tokio::sync::mpsc::unbounded_channel();
+        api.inner.connections.shared(presence.number(), record);
+        tokio::spawn(share_connections(
+            api.inner.reads.clone(),
+            presence,
+            lease,
+            recorded,
+        ))
+    });
     // After a restart no desktop is connected: every live session's grace period starts now.
     for session_id in live {
         api.inner
@@ -203,9 +210,59 @@ pub async fn serve(
     let result = hosting::serve(routes, listener, hosting, shutdown).await;
     stop_relay.send_replace(true);
     let _ = relay.await;
+    if let Some(presence) = presence {
+        presence.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// On a shared store: keeps this replica present (taking its lock again if its connection is lost),
+/// records where its desktops are connected, in order, and forgets what replicas that are gone and
+/// sessions that ended left.
+async fn share_connections(
+    reads: Reads,
+    presence: ixn_proto::pg::Presence,
+    mut lease: ixn_proto::pg::Lease,
+    mut recorded: tokio::sync::mpsc::UnboundedReceiver<crate::api::Shared>,
+) {
+    const RENEW_EVERY: Duration = Duration::from_secs(1);
+    const FORGET_EVERY: Duration = Duration::from_secs(3_600);
+    let number = presence.number();
+    let mut forget = tokio::time::interval(FORGET_EVERY);
+    loop {
+        tokio::select! {
+            change = recorded.recv() => {
+                let Some((session_id, open, at, done)) = change else { return };
+                if let Err(e) = reads.connected(&session_id, number, open, at).await {
+                    tracing::warn!(session_id, error = %e, "where the desktop is connected cannot be recorded");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            _ = lease.lost() => {
+                tracing::warn!(number, "this replica's presence was lost; taking it again");
+                loop {
+                    match presence.renew().await {
+                        Ok(Some(again)) => {
+                            lease = again;
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "the presence cannot be taken again"),
+                    }
+                    tokio::time::sleep(RENEW_EVERY).await;
+                }
+            }
+            _ = forget.tick() => {
+                if let Err(e) = reads.forget_absent().await {
+                    tracing::warn!(error = %e, "what gone replicas left cannot be forgotten");
+                }
+            }
+        }
+    }
 }
 
 /// The store loaded, and the writer started on it.

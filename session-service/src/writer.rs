@@ -121,8 +121,8 @@ enum Job {
     Commit(Box<Commit>, Reply),
     /// While the store is unreachable: try a write, and report.
     Probe(oneshot::Sender<()>),
-    /// On a shared store: fold in what other replicas committed (answered once done).
-    CatchUp(Option<oneshot::Sender<()>>),
+    /// On a shared store: fold in what other replicas committed.
+    CatchUp,
 }
 
 /// The handle the service holds.
@@ -154,9 +154,7 @@ impl Writer {
                 };
                 // One waiting catch-up covers every commit notified before it runs. When the
                 // queue is full, the batches ahead fold the events in anyway.
-                if !catch_up.swap(true, Ordering::AcqRel)
-                    && jobs.try_send(Job::CatchUp(None)).is_err()
-                {
+                if !catch_up.swap(true, Ordering::AcqRel) && jobs.try_send(Job::CatchUp).is_err() {
                     catch_up.store(false, Ordering::Release);
                 }
                 true
@@ -195,16 +193,6 @@ impl Writer {
         rx.await.map_err(|_| "the writer has stopped".to_owned())?
     }
 
-    /// Folds in what other replicas committed so far (nothing to do on a store one process owns).
-    pub async fn catch_up(&self) {
-        let jobs = self.jobs.read().expect("writer jobs").clone();
-        let Some(jobs) = jobs else { return };
-        let (tx, rx) = oneshot::channel();
-        if jobs.send(Job::CatchUp(Some(tx))).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
     /// Has the writer try a write to the store, which reports the outcome to [`Writer::health`].
     pub async fn probe(&self) {
         let jobs = self.jobs.read().expect("writer jobs").clone();
@@ -240,7 +228,6 @@ impl<S: Store> Thread<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(jobs) = ixn_proto::store::next_batch(&mut rx, MAX_BATCH) {
             let mut batch = Vec::with_capacity(jobs.len());
-            let mut caught_up = Vec::new();
             for job in jobs {
                 match job {
                     Job::Commit(commit, reply) => batch.push((*commit, reply)),
@@ -248,10 +235,9 @@ impl<S: Store> Thread<S> {
                         self.health.report(self.store.probe().is_ok());
                         let _ = done.send(());
                     }
-                    Job::CatchUp(done) => {
+                    Job::CatchUp => {
                         // Cleared as soon as taken: a notification from now on queues another.
                         self.catch_up.store(false, Ordering::Release);
-                        caught_up.extend(done);
                     }
                 }
             }
@@ -261,9 +247,6 @@ impl<S: Store> Thread<S> {
                 }
             } else {
                 self.run_batch(batch);
-            }
-            for done in caught_up {
-                let _ = done.send(());
             }
         }
     }

@@ -27,6 +27,11 @@ fn a_bad_setting_exits_64_naming_it() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--listen"), "{err}");
 
+    let (code, _, err) =
+        output(binary(BIN, SECRET).env("IXN_SESSION_DATABASE_URL", "postgres://host:port/db"));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+
     std::fs::write(&file, "[platform]\n").unwrap();
     let (code, _, err) = output(binary(BIN, SECRET).env("IXN_SESSION_CONFIG", &file));
     assert_eq!(code, Some(64), "{err}");
@@ -48,6 +53,7 @@ fn help_documents_every_setting_and_its_variable() {
     for (flag, env) in [
         ("--listen", "IXN_SESSION_LISTEN"),
         ("--data-dir", "IXN_SESSION_DATA_DIR"),
+        ("--database-url", "IXN_SESSION_DATABASE_URL"),
         ("--interaction-server", "IXN_INTERACTION_SERVER"),
         ("--jwt-secret-file", "IXN_JWT_SECRET_FILE"),
         ("--connection-lost-grace-ms", "IXN_CONNECTION_LOST_GRACE_MS"),

@@ -184,6 +184,52 @@ mod replicas {
     }
 
     #[tokio::test]
+    async fn the_connection_lost_grace_counts_the_streams_of_every_replica() {
+        let mut stack = Stack::start().await;
+        let b = stack.session_replica().await;
+        let mut on_a = stack.desktop("a1");
+        let mut on_b = stack.desktop_at(b.addr, "a1");
+        // Logged in through A with no desktop connected: A's grace starts.
+        let session = on_a.login(&["chat"], true).await.unwrap();
+        let id = session.session_id.clone();
+        // The desktop connects through B.
+        let mut bus = on_b.connect(&id, 0).await;
+        bus.until("ChannelCreated").await;
+
+        // A's grace ends, but the desktop is connected through B: nothing changes.
+        stack
+            .clock
+            .advance(stack.grace + std::time::Duration::from_secs(1));
+        assert_eq!(
+            channel(&on_a.get(&id).await.unwrap(), "chat").state(),
+            AgentState::Ready
+        );
+        fence(&mut on_b, &mut bus, &id, "chat", "break").await;
+        on_b.set_ready(&id, "chat").await.unwrap();
+        let ready = bus.next().await.unwrap().unwrap();
+        let last = ready.sequence;
+
+        // The desktop goes: after the grace from then, the channel goes Not Ready, once.
+        drop(bus);
+        let mut log = on_a.log_after(last).await;
+        stack
+            .clock
+            .advance(stack.grace + std::time::Duration::from_secs(1));
+        let lost = log.next().await.unwrap().expect("the stream is open");
+        let changed = take!(&lost, AgentStateChanged);
+        assert_eq!(changed.state(), AgentState::NotReady);
+        assert!(matches!(
+            lost.actor.as_ref().and_then(|p| p.kind.as_ref()),
+            Some(ixn_proto::common::party::Kind::System(s)) if s.what == "connection-lost"
+        ));
+        // Both replicas' timers ran out; only one changed anything: the next event is the fence.
+        stack.clock.advance(stack.grace * 2);
+        fence(&mut on_a, &mut log, &id, "chat", "lunch").await;
+        b.stop().await;
+        stack.stop().await;
+    }
+
+    #[tokio::test]
     async fn events_are_relayed_once_and_the_role_moves_when_its_replica_goes_away() {
         let mut stack = Stack::start().await;
         let mut on_a = stack.desktop("a1");

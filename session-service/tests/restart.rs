@@ -87,28 +87,6 @@ fn durable(mut s: Session) -> Session {
     s
 }
 
-/// A SetNotReady the test makes to prove nothing else is pending: its AgentStateChanged must be the
-/// next event on `bus`.
-async fn fence(desktop: &mut Desktop, bus: &mut Stream, session: &str, media: &str, why: &str) {
-    let request_id = rid();
-    desktop
-        .client
-        .set_not_ready(SetNotReadyRequest {
-            request_id: request_id.clone(),
-            session_id: session.into(),
-            media_type: media.into(),
-            reason: reason(why),
-        })
-        .await
-        .unwrap();
-    let e = next(bus).await;
-    assert_eq!(
-        e.correlation_id, request_id,
-        "expected the fence, got {e:?}"
-    );
-    assert!(is(&e, "AgentStateChanged"));
-}
-
 /// Asserts that the events a Connect stream delivered are contiguous in session-service's log
 /// (the agent is the only one logged in, so every event of the log is its own), and that the
 /// relayed ones are exactly interaction-server's events addressed to the agent, each once, in order.

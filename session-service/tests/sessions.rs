@@ -151,24 +151,6 @@ fn ready(request_id: &str, session: &str, media: &str) -> SetReadyRequest {
     }
 }
 
-/// A SetNotReady the test makes to prove nothing happened before it: its AgentStateChanged must be
-/// the next event on `bus`.
-async fn fence(desktop: &mut Desktop, bus: &mut Stream, session: &str, media: &str, why: &str) {
-    let request_id = rid();
-    desktop
-        .client
-        .set_not_ready(not_ready(&request_id, session, media, reason(why)))
-        .await
-        .unwrap();
-    let e = next(bus).await;
-    assert_eq!(
-        e.correlation_id, request_id,
-        "expected the fence, got {e:?}"
-    );
-    let c = state_change(&e);
-    assert_eq!((c.media_type.as_str(), code_of(&c.reason)), (media, why));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Login
 // ---------------------------------------------------------------------------------------------

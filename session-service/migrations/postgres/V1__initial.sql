@@ -65,3 +65,14 @@ CREATE TABLE relay (
     cursor BIGINT NOT NULL
 );
 INSERT INTO relay (id, cursor) VALUES (1, 0);
+
+-- Where desktops are connected: a replica's row for a session says whether it has a Connect stream
+-- of it open, and since when (or since when it has none). A row counts only while its replica holds
+-- its presence lock, so the connection-lost grace of one replica sees the streams of the others.
+CREATE TABLE connections (
+    session_id TEXT NOT NULL,
+    replica INTEGER NOT NULL,
+    open BOOLEAN NOT NULL,
+    since_us BIGINT NOT NULL,
+    PRIMARY KEY (session_id, replica)
+);

@@ -5,14 +5,15 @@
 use super::{Inner, derived_id};
 use crate::domain::{self, agent_key};
 use ixn_proto::auth::Identity;
+use ixn_proto::clock::Micros;
 use ixn_proto::common::Party;
 use ixn_proto::error::{Failure, Reason as R};
 use ixn_proto::events::Event;
 use ixn_proto::log::{Feed, LogEntry, follow};
 use ixn_proto::session::Session;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -25,7 +26,14 @@ pub const CONNECTION_LOST: &str = "connection-lost";
 #[derive(Debug, Default)]
 pub struct Connections {
     sessions: Mutex<HashMap<String, Track>>,
+    /// On a shared store: this replica's number, and where it records that a session gained its
+    /// first stream here (`true`) or lost its last one, and when.
+    shared: OnceLock<(i32, mpsc::UnboundedSender<Shared>)>,
 }
+
+/// A session gained its first stream on this replica (`open`) or lost its last, at a time;
+/// answered once recorded.
+pub type Shared = (String, bool, Micros, Option<oneshot::Sender<()>>);
 
 #[derive(Debug, Default)]
 struct Track {
@@ -35,6 +43,12 @@ struct Track {
     generation: u64,
 }
 
+/// A `Connect` stream, and what completes once other replicas can see that it is open.
+pub type Opened = (
+    ReceiverStream<Result<Event, Status>>,
+    Option<oneshot::Receiver<()>>,
+);
+
 /// Keeps a stream counted while it lives.
 struct Open {
     inner: Arc<Inner>,
@@ -43,30 +57,62 @@ struct Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
+        let connections = &self.inner.connections;
         let last = {
-            let mut sessions = self.inner.connections.sessions.lock().expect("connections");
+            let mut sessions = connections.sessions.lock().expect("connections");
             let track = sessions.entry(self.session_id.clone()).or_default();
             track.open = track.open.saturating_sub(1);
             track.open == 0
         };
         if last {
-            self.inner
-                .connections
-                .disconnected(self.inner.clone(), &self.session_id);
+            connections.share(&self.session_id, false, self.inner.clock.now());
+            connections.disconnected(self.inner.clone(), &self.session_id);
         }
     }
 }
 
 impl Connections {
-    fn connected(&self, inner: Arc<Inner>, session_id: &str) -> Open {
+    /// On a shared store: this replica's presence `number`, and where what [`Connections::share`]
+    /// says goes (in order).
+    pub fn shared(&self, number: i32, record: mpsc::UnboundedSender<Shared>) {
+        let _ = self.shared.set((number, record));
+    }
+
+    /// This replica's presence number, on a shared store.
+    pub fn number(&self) -> Option<i32> {
+        self.shared.get().map(|(number, _)| *number)
+    }
+
+    /// Tells the other replicas that a session gained its first stream here, or lost its last;
+    /// what completes once that is recorded.
+    fn share(&self, session_id: &str, open: bool, at: Micros) -> Option<oneshot::Receiver<()>> {
+        let (_, record) = self.shared.get()?;
+        let (done, recorded) = oneshot::channel();
+        let _ = record.send((session_id.to_owned(), open, at, Some(done)));
+        Some(recorded)
+    }
+
+    /// Counts a new stream; on a shared store, with what completes once the other replicas can
+    /// see it.
+    fn connected(
+        &self,
+        inner: Arc<Inner>,
+        session_id: &str,
+    ) -> (Open, Option<oneshot::Receiver<()>>) {
         let mut sessions = self.sessions.lock().expect("connections");
         let track = sessions.entry(session_id.to_owned()).or_default();
         track.open += 1;
         track.generation += 1;
-        Open {
+        let shared = if track.open == 1 {
+            self.share(session_id, true, inner.clock.now())
+        } else {
+            None
+        };
+        let open = Open {
             inner,
             session_id: session_id.to_owned(),
-        }
+        };
+        (open, shared)
     }
 
     /// The session has no stream (any more): its grace period starts now.
@@ -77,8 +123,13 @@ impl Connections {
             track.generation += 1;
             track.generation
         };
-        let session_id = session_id.to_owned();
         let deadline = inner.clock.now() + inner.grace.as_micros() as i64;
+        Self::arm(inner, session_id, generation, deadline);
+    }
+
+    /// The grace timer: acts at `deadline` unless a stream came (or went) here since `generation`.
+    fn arm(inner: Arc<Inner>, session_id: &str, generation: u64, deadline: Micros) {
+        let session_id = session_id.to_owned();
         tokio::spawn(async move {
             inner.clock.sleep_until(deadline).await;
             if inner.connections.still_gone(&session_id, generation) {
@@ -107,15 +158,17 @@ impl Connections {
 
 impl Inner {
     /// Opens a `Connect` stream: the session's events and the ones relayed to its agent, after
-    /// `after`, ending with OK once `SessionDisposed` is delivered.
+    /// `after` (at most `head`), ending with OK once `SessionDisposed` is delivered. On a shared
+    /// store, with what
+    /// completes once the other replicas can see that the session is connected here.
     pub fn connect(
         self: &Arc<Self>,
         who: &Identity,
         session: Session,
         after: u64,
-    ) -> Result<ReceiverStream<Result<Event, Status>>, Failure> {
+        head: u64,
+    ) -> Result<Opened, Failure> {
         domain::live(&session)?;
-        let head = self.log.head();
         if after > head {
             return Err(Failure::new(
                 R::SequenceOutOfRange,
@@ -141,13 +194,13 @@ impl Inner {
             expires: who.claims.exp.saturating_mul(1_000_000),
             draining: self.draining.clone(),
         };
-        let open = self.connections.connected(self.clone(), &session_id);
+        let (open, shared) = self.connections.connected(self.clone(), &session_id);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let _open = open;
             follow(feed, tx).await;
         });
-        Ok(ReceiverStream::new(rx))
+        Ok((ReceiverStream::new(rx), shared))
     }
 
     /// The grace period is over with no stream: Ready channels go Not Ready.
@@ -179,6 +232,24 @@ impl Inner {
         };
         if !self.connections.still_gone(session_id, generation) {
             return;
+        }
+        // On a shared store the desktop may be connected to another replica, or was until lately:
+        // the grace runs from when it was last connected anywhere.
+        if let Some(number) = self.connections.number() {
+            let grace = self.grace.as_micros() as Micros;
+            let now = self.clock.now();
+            let until = match self.reads.last_connected(session_id, number, now).await {
+                Ok(Some(seen)) => (seen + grace > now).then_some(seen + grace),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(session_id, error = %e, "connection lost here, but whether it is elsewhere cannot be read");
+                    Some(now + grace)
+                }
+            };
+            if let Some(until) = until {
+                Connections::arm(self.clone(), session_id, generation, until);
+                return;
+            }
         }
         let Some(mut session) = self.live_session(session_id) else {
             return;

@@ -9,7 +9,7 @@
 mod connect;
 mod sessions;
 
-pub use connect::Connections;
+pub use connect::{Connections, Shared};
 
 use crate::domain::{AgentKey, Emitted};
 use crate::error::Error;

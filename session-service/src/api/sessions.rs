@@ -655,11 +655,18 @@ impl SessionService for Api {
         let r = request.into_inner();
         validate::uuid("session_id", &r.session_id)?;
         let session = self.inner.session_for(&who, &r.session_id).await?;
-        if r.after_sequence > self.inner.log.head() {
-            // Another replica may have committed it: fold in what they did before checking.
-            self.inner.writer.catch_up().await;
+        let head = match self.inner.log.head() {
+            // Another replica may have committed more than has reached this one's log.
+            head if r.after_sequence > head => {
+                self.inner.log.known_head().await.map_err(Error::from)?
+            }
+            head => head,
+        };
+        let (stream, shared) = self.inner.connect(&who, session, r.after_sequence, head)?;
+        if let Some(shared) = shared {
+            // The other replicas' grace timers see the desktop here before it is told so.
+            let _ = shared.await;
         }
-        let stream = self.inner.connect(&who, session, r.after_sequence)?;
         Ok(Response::new(stream))
     }
 }

@@ -156,6 +156,47 @@ impl Reads {
         }
     }
 
+    /// On a shared store: records that replica `number` has a `Connect` stream of the session open
+    /// (or no longer has), since `at`.
+    pub async fn connected(
+        &self,
+        session_id: &str,
+        number: i32,
+        open: bool,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Reads::Sqlite(_) => Ok(()),
+            Reads::Postgres(pool, _) => {
+                postgres::connected(pool, session_id, number, open, at).await
+            }
+        }
+    }
+
+    /// On a shared store: when a desktop was last connected to the session through a replica
+    /// other than `number` (`now` if it still is, through one that lives), if ever.
+    pub async fn last_connected(
+        &self,
+        session_id: &str,
+        number: i32,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        match self {
+            Reads::Sqlite(_) => Ok(None),
+            Reads::Postgres(pool, _) => {
+                postgres::last_connected(pool, session_id, number, now).await
+            }
+        }
+    }
+
+    /// On a shared store: forgets the streams of replicas that are gone, and of ended sessions.
+    pub async fn forget_absent(&self) -> Result<(), StoreError> {
+        match self {
+            Reads::Sqlite(_) => Ok(()),
+            Reads::Postgres(pool, _) => postgres::forget_absent(pool).await,
+        }
+    }
+
     /// On a shared store: the relay's cursor as committed.
     pub async fn cursor(&self) -> Result<u64, StoreError> {
         match self {

@@ -40,6 +40,11 @@ impl Postgres {
         let db = Database::open(url, migrations, "sessions").await?;
         Ok(Postgres { db })
     }
+
+    /// Marks this replica present (see [`pg::present`]) while the lease lives.
+    pub async fn presence(&self) -> Result<(pg::Presence, pg::Lease), StoreError> {
+        self.db.presence().await
+    }
 }
 
 impl super::Store for Postgres {
@@ -262,6 +267,55 @@ pub(super) async fn cursor(pool: &Pool) -> Result<u64, StoreError> {
         .await?
         .get(0);
     Ok(cursor as u64)
+}
+
+pub(super) async fn connected(
+    pool: &Pool,
+    session_id: &str,
+    number: i32,
+    open: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    let client = pool.client().await?;
+    client
+        .execute(
+            "INSERT INTO connections (session_id, replica, open, since_us) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (session_id, replica) DO UPDATE SET open = excluded.open, since_us = excluded.since_us",
+            &[&session_id, &number, &open, &at],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn last_connected(
+    pool: &Pool,
+    session_id: &str,
+    number: i32,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    let client = pool.client().await?;
+    // A stream open on a live replica counts as connected now; one on a replica that is gone,
+    // as of when it opened.
+    let sql = format!(
+        "SELECT max(CASE WHEN open AND {} THEN $3 ELSE since_us END) FROM connections
+         WHERE session_id = $1 AND replica <> $2",
+        pg::present("replica")
+    );
+    Ok(client
+        .query_one(&sql, &[&session_id, &number, &now])
+        .await?
+        .get(0))
+}
+
+pub(super) async fn forget_absent(pool: &Pool) -> Result<(), StoreError> {
+    let client = pool.client().await?;
+    let sql = format!(
+        "DELETE FROM connections c WHERE NOT {}
+           OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = c.session_id AND s.state <> $1)",
+        pg::present("c.replica")
+    );
+    client.execute(&sql, &[&DISPOSED]).await?;
+    Ok(())
 }
 
 pub(super) async fn lock_agent(pool: &Pool, key: &AgentKey) -> Result<AgentLock, StoreError> {

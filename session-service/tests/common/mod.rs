@@ -306,6 +306,36 @@ pub async fn offer(stack: &Stack, agent: &str, media: &str) -> String {
     id
 }
 
+/// A SetNotReady (reason code `why`) the test makes to prove nothing happened before it: its
+/// AgentStateChanged must be the next event on `bus`.
+pub async fn fence(desktop: &mut Desktop, bus: &mut Stream, session: &str, media: &str, why: &str) {
+    let request_id = rid();
+    desktop
+        .client
+        .set_not_ready(SetNotReadyRequest {
+            request_id: request_id.clone(),
+            session_id: session.into(),
+            media_type: media.into(),
+            reason: reason(why),
+        })
+        .await
+        .unwrap();
+    let e = bus
+        .next()
+        .await
+        .expect("the stream failed")
+        .expect("the stream ended");
+    assert_eq!(
+        e.correlation_id, request_id,
+        "expected the fence, got {e:?}"
+    );
+    let Body::AgentStateChanged(c) = body(&e) else {
+        panic!("expected the fence's AgentStateChanged, got {e:?}");
+    };
+    let code = c.reason.as_ref().map(|r| r.code.as_str()).unwrap_or("");
+    assert_eq!((c.media_type.as_str(), code), (media, why));
+}
+
 pub fn rid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
