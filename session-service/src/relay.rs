@@ -10,14 +10,14 @@
 //! each commit moves the cursor only from where it found it, so an event is never relayed twice.
 //! The others wait, and take the role when its holder goes away.
 
-use crate::domain::{Emitted, Mirror, agent_key};
+use crate::domain::Mirror;
 use crate::store::Reads;
 use crate::switch::Switch;
-use crate::writer::{Commit, View, Writer};
+use crate::writer::{Commit, Writer};
 use futures::FutureExt;
 use ixn_proto::events::Event;
 use ixn_proto::pg::{Elector, Lease};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -33,7 +33,6 @@ const ROLE_RETRY: Duration = Duration::from_secs(1);
 pub struct Relay {
     pub switch: Arc<Switch>,
     pub writer: Arc<Writer>,
-    pub view: Arc<Mutex<View>>,
     /// The cursor loaded at start (on a shared store it is read again on taking the role).
     pub cursor: u64,
     /// On a shared store: the relay's role, and where its cursor is read.
@@ -45,7 +44,6 @@ pub async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
     let Relay {
         switch,
         writer,
-        view,
         mut cursor,
         role,
     } = relay;
@@ -60,14 +58,7 @@ pub async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
                 None => return,
             }
         }
-        let followed = follow(
-            &switch,
-            &writer,
-            &view,
-            &mut cursor,
-            &mut stop,
-            lease.as_mut(),
-        );
+        let followed = follow(&switch, &writer, &mut cursor, &mut stop, lease.as_mut());
         if followed.await.is_break() || *stop.borrow() {
             return;
         }
@@ -107,7 +98,6 @@ async fn take_role(
 async fn follow(
     switch: &Switch,
     writer: &Writer,
-    view: &Mutex<View>,
     cursor: &mut u64,
     stop: &mut watch::Receiver<bool>,
     mut lease: Option<&mut Lease>,
@@ -191,7 +181,7 @@ async fn follow(
                 "consumer",
                 events.iter().map(|e| e.traceparent.as_str()),
             );
-            let commit = relay_commit(view, events, from, last);
+            let commit = relay_commit(events, from, last);
             if let Err(e) = writer.commit(commit).instrument(handling).await {
                 tracing::error!(error = %e, "relaying failed; resuming from the last committed event");
                 if lease.is_some() {
@@ -205,29 +195,13 @@ async fn follow(
     }
 }
 
-/// The commit for a run of interaction-server's events.
-fn relay_commit(view: &Mutex<View>, events: Vec<Event>, from: u64, to: u64) -> Commit {
-    let view = view.lock().expect("view");
-    let mut commit = Commit {
+/// The commit for a run of interaction-server's events: the mirror's changes, the cursor's move,
+/// and the events, which the writer relays to the agents with a live session as it commits.
+fn relay_commit(events: Vec<Event>, from: u64, to: u64) -> Commit {
+    Commit {
         cursor: Some((from, to)),
+        mirror: events.iter().flat_map(Mirror::changes).collect(),
+        relayed: events,
         ..Default::default()
-    };
-    for event in events {
-        commit.mirror.extend(Mirror::changes(&event));
-        let addressed = event
-            .to
-            .iter()
-            .filter_map(|p| p.agent_id())
-            .any(|agent| view.by_agent.contains_key(&agent_key(&event.tenant, agent)));
-        if addressed && let Some(body) = event.body.clone() {
-            commit.events.push(Emitted {
-                tenant: event.tenant.clone(),
-                actor: event.actor.clone().unwrap_or_default(),
-                to: event.to.clone(),
-                body,
-                relayed: Some(event),
-            });
-        }
     }
-    commit
 }

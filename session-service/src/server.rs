@@ -147,7 +147,6 @@ pub async fn serve(
         Relay {
             switch: switch.clone(),
             writer: writer.clone(),
-            view: view.clone(),
             cursor,
             role,
         },
@@ -169,7 +168,7 @@ pub async fn serve(
         let (record, recorded) = tokio::sync::mpsc::unbounded_channel();
         api.inner.connections.shared(presence.number(), record);
         tokio::spawn(share_connections(
-            api.inner.reads.clone(),
+            api.inner.clone(),
             presence,
             lease,
             recorded,
@@ -222,16 +221,28 @@ pub async fn serve(
 /// records where its desktops are connected, in order, and forgets what replicas that are gone and
 /// sessions that ended left.
 async fn share_connections(
-    reads: Reads,
+    inner: Arc<crate::api::Inner>,
     presence: ixn_proto::pg::Presence,
-    mut lease: ixn_proto::pg::Lease,
+    lease: ixn_proto::pg::Lease,
     mut recorded: tokio::sync::mpsc::UnboundedReceiver<crate::api::Shared>,
 ) {
     const RENEW_EVERY: Duration = Duration::from_secs(1);
     const FORGET_EVERY: Duration = Duration::from_secs(3_600);
     let number = presence.number();
+    let reads = &inner.reads;
+    // Ended streams are kept well past any grace that may still be running on them.
+    let keep = (inner.grace.as_micros() as i64 * 2).max(FORGET_EVERY.as_micros() as i64);
+    let mut lease = Some(lease);
+    let mut renew = tokio::time::interval(RENEW_EVERY);
     let mut forget = tokio::time::interval(FORGET_EVERY);
     loop {
+        let held = lease.is_some();
+        let lost = async {
+            match lease.as_mut() {
+                Some(lease) => lease.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             change = recorded.recv() => {
                 let Some((session_id, open, at, done)) = change else { return };
@@ -242,22 +253,16 @@ async fn share_connections(
                     let _ = done.send(());
                 }
             }
-            _ = lease.lost() => {
+            _ = lost => {
                 tracing::warn!(number, "this replica's presence was lost; taking it again");
-                loop {
-                    match presence.renew().await {
-                        Ok(Some(again)) => {
-                            lease = again;
-                            break;
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "the presence cannot be taken again"),
-                    }
-                    tokio::time::sleep(RENEW_EVERY).await;
-                }
+                lease = None;
             }
+            _ = renew.tick(), if !held => match presence.renew().await {
+                Ok(again) => lease = again,
+                Err(e) => tracing::warn!(error = %e, "the presence cannot be taken again"),
+            },
             _ = forget.tick() => {
-                if let Err(e) = reads.forget_absent().await {
+                if let Err(e) = reads.forget_absent(inner.clock.now(), keep).await {
                     tracing::warn!(error = %e, "what gone replicas left cannot be forgotten");
                 }
             }

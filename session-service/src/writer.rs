@@ -49,6 +49,14 @@ impl View {
                 self.by_agent.remove(&key);
             }
         } else {
+            // A read that raced a newer change (folded outside the writers' lock) is not taken.
+            if self
+                .sessions
+                .get(&s.session_id)
+                .is_some_and(|old| old.version > s.version)
+            {
+                return;
+            }
             if let Some(old) = self.by_agent.insert(key, s.session_id.clone())
                 && old != s.session_id
             {
@@ -100,6 +108,10 @@ pub struct Commit {
     /// The session's version the change was decided against (`None`: a new session).
     pub session_was: Option<u64>,
     pub mirror: Vec<MirrorChange>,
+    /// interaction-server's events to relay to the agents they are addressed to, for those with a
+    /// live session when this commits (decided under the writers' lock, after what other replicas
+    /// committed is folded in).
+    pub relayed: Vec<Event>,
     /// The relay's move in interaction-server's log: from, to.
     pub cursor: Option<(u64, u64)>,
     pub outcome: Option<Outcome>,
@@ -228,12 +240,13 @@ impl<S: Store> Thread<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(jobs) = ixn_proto::store::next_batch(&mut rx, MAX_BATCH) {
             let mut batch = Vec::with_capacity(jobs.len());
+            let mut probes = Vec::new();
             for job in jobs {
                 match job {
                     Job::Commit(commit, reply) => batch.push((*commit, reply)),
                     Job::Probe(done) => {
                         self.health.report(self.store.probe().is_ok());
-                        let _ = done.send(());
+                        probes.push(done);
                     }
                     Job::CatchUp => {
                         // Cleared as soon as taken: a notification from now on queues another.
@@ -243,10 +256,16 @@ impl<S: Store> Thread<S> {
             }
             if batch.is_empty() {
                 if let Err(e) = self.fold_committed() {
+                    // Not serving until it works: the health probe's retries fold them in again.
                     tracing::error!(error = %e, "other replicas' events cannot be read");
+                    self.health.report(false);
                 }
             } else {
                 self.run_batch(batch);
+            }
+            // Answered once health says all of it, the catch-up included.
+            for done in probes {
+                let _ = done.send(());
             }
         }
     }
@@ -362,6 +381,14 @@ impl<S: Store> Thread<S> {
                 );
             }
         }
+        {
+            let view = self.view.lock().expect("view");
+            for (commit, _) in batch.iter_mut() {
+                for event in std::mem::take(&mut commit.relayed) {
+                    commit.events.extend(to_live_agent(&view, event));
+                }
+            }
+        }
         for (commit, _) in batch.iter_mut() {
             let mut sequences = Vec::with_capacity(commit.events.len());
             for emitted in &commit.events {
@@ -410,6 +437,23 @@ impl<S: Store> Thread<S> {
         }
         tx.commit()
     }
+}
+
+/// An event of interaction-server's, to relay if it is addressed to an agent with a live session.
+fn to_live_agent(view: &View, event: Event) -> Option<Emitted> {
+    let addressed = event
+        .to
+        .iter()
+        .filter_map(|p| p.agent_id())
+        .any(|agent| view.by_agent.contains_key(&agent_key(&event.tenant, agent)));
+    let body = event.body.clone().filter(|_| addressed)?;
+    Some(Emitted {
+        tenant: event.tenant.clone(),
+        actor: event.actor.clone().unwrap_or_default(),
+        to: event.to.clone(),
+        body,
+        relayed: Some(event),
+    })
 }
 
 /// Takes what other replicas committed: their events go to the log, their sessions to memory.

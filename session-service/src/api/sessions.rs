@@ -19,6 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
+/// How long `Connect` waits for the other replicas to be able to see its stream.
+const SHARE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most channels one session may have.
 const MAX_CHANNELS: usize = 16;
 
@@ -664,8 +667,9 @@ impl SessionService for Api {
         };
         let (stream, shared) = self.inner.connect(&who, session, r.after_sequence, head)?;
         if let Some(shared) = shared {
-            // The other replicas' grace timers see the desktop here before it is told so.
-            let _ = shared.await;
+            // The other replicas' grace timers see the desktop here before it is told so (unless
+            // the store is slow to take it: the stream is served all the same).
+            let _ = tokio::time::timeout(SHARE_PATIENCE, shared).await;
         }
         Ok(Response::new(stream))
     }

@@ -189,11 +189,12 @@ impl Reads {
         }
     }
 
-    /// On a shared store: forgets the streams of replicas that are gone, and of ended sessions.
-    pub async fn forget_absent(&self) -> Result<(), StoreError> {
+    /// On a shared store: takes the streams of replicas that are gone as ended (`now`), and
+    /// forgets streams that ended more than `keep` ago and those of ended sessions.
+    pub async fn forget_absent(&self, now: i64, keep: i64) -> Result<(), StoreError> {
         match self {
             Reads::Sqlite(_) => Ok(()),
-            Reads::Postgres(pool, _) => postgres::forget_absent(pool).await,
+            Reads::Postgres(pool, _) => postgres::forget_absent(pool, now, keep).await,
         }
     }
 

@@ -294,8 +294,15 @@ pub(super) async fn last_connected(
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
     let client = pool.client().await?;
-    // A stream open on a live replica counts as connected now; one on a replica that is gone,
-    // as of when it opened.
+    // A stream open on a replica that is gone ended when that was first noticed: from then on the
+    // desktop has a whole grace to come back through another replica.
+    let closed = format!(
+        "UPDATE connections SET open = false, since_us = $2
+         WHERE session_id = $1 AND open AND NOT {}",
+        pg::present("replica")
+    );
+    client.execute(&closed, &[&session_id, &now]).await?;
+    // A stream still open on a live replica counts as connected now.
     let sql = format!(
         "SELECT max(CASE WHEN open AND {} THEN $3 ELSE since_us END) FROM connections
          WHERE session_id = $1 AND replica <> $2",
@@ -307,14 +314,21 @@ pub(super) async fn last_connected(
         .get(0))
 }
 
-pub(super) async fn forget_absent(pool: &Pool) -> Result<(), StoreError> {
+pub(super) async fn forget_absent(pool: &Pool, now: i64, keep: i64) -> Result<(), StoreError> {
     let client = pool.client().await?;
-    let sql = format!(
-        "DELETE FROM connections c WHERE NOT {}
-           OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = c.session_id AND s.state <> $1)",
-        pg::present("c.replica")
+    // Streams of replicas that are gone ended now, as far as anyone can tell.
+    let closed = format!(
+        "UPDATE connections SET open = false, since_us = $1 WHERE open AND NOT {}",
+        pg::present("replica")
     );
-    client.execute(&sql, &[&DISPOSED]).await?;
+    client.execute(&closed, &[&now]).await?;
+    client
+        .execute(
+            "DELETE FROM connections c WHERE (NOT c.open AND c.since_us < $1)
+               OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = c.session_id AND s.state <> $2)",
+            &[&(now - keep), &DISPOSED],
+        )
+        .await?;
     Ok(())
 }
 
