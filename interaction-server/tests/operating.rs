@@ -258,11 +258,16 @@ async fn sigterm_under_load_loses_no_acknowledged_change() {
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     for task in load {
         let status = task.await.unwrap();
+        // A call sent as the server's graceful GOAWAY crossed it was never taken; the client's
+        // HTTP/2 stack reports that as INTERNAL with the GOAWAY as its source.
+        let crossed_goaway = status.code() == Code::Internal
+            && format!("{status:?}").contains("GoAway(b\"\", NO_ERROR, Remote)");
         assert!(
-            matches!(
-                status.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled
-            ),
+            crossed_goaway
+                || matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ),
             "a refused call says so: {status:?}"
         );
     }
