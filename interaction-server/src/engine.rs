@@ -165,21 +165,9 @@ impl Engine {
         let (deadline_tx, deadline_rx) = watch::channel(loaded.state.next_deadline());
         let health = StoreHealth::default();
         let catch_up = Arc::new(AtomicBool::new(false));
-        if let Some(listener) = store.listen(Box::new({
-            let jobs = jobs.downgrade();
-            let catch_up = catch_up.clone();
-            move || {
-                let Some(jobs) = jobs.upgrade() else {
-                    return false;
-                };
-                // One waiting catch-up covers every commit notified before it runs. When the
-                // queue is full, the batches ahead fold the events in anyway.
-                if !catch_up.swap(true, Ordering::AcqRel) && jobs.try_send(Job::CatchUp).is_err() {
-                    catch_up.store(false, Ordering::Release);
-                }
-                true
-            }
-        })) {
+        let changed =
+            ixn_proto::store::catch_up_on_notify(&jobs, catch_up.clone(), || Job::CatchUp);
+        if let Some(listener) = store.listen(changed) {
             tokio::spawn(listener);
         }
         let writer = Writer {

@@ -60,6 +60,28 @@ pub fn next_batch<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Opt
     Some(batch)
 }
 
+/// The callback a shared store's listener calls on each of other replicas' commits: it queues one
+/// catch-up `job` for the writer, however many notifications arrive before the writer takes it
+/// (the writer clears `waiting` when it does), and says false once the writer is gone. When the
+/// queue is full, the batches ahead fold the events in anyway.
+pub fn catch_up_on_notify<J: Send + 'static>(
+    jobs: &tokio::sync::mpsc::Sender<J>,
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+    job: fn() -> J,
+) -> Box<dyn Fn() -> bool + Send + 'static> {
+    use std::sync::atomic::Ordering;
+    let jobs = jobs.downgrade();
+    Box::new(move || {
+        let Some(jobs) = jobs.upgrade() else {
+            return false;
+        };
+        if !waiting.swap(true, Ordering::AcqRel) && jobs.try_send(job()).is_err() {
+            waiting.store(false, Ordering::Release);
+        }
+        true
+    })
+}
+
 /// One open transaction of a service's writer over the common tables: everything in it commits
 /// together or not at all.
 pub trait Batch {

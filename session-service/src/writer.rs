@@ -157,21 +157,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let health = StoreHealth::default();
         let catch_up = Arc::new(AtomicBool::new(false));
-        if let Some(listener) = store.listen(Box::new({
-            let jobs = tx.downgrade();
-            let catch_up = catch_up.clone();
-            move || {
-                let Some(jobs) = jobs.upgrade() else {
-                    return false;
-                };
-                // One waiting catch-up covers every commit notified before it runs. When the
-                // queue is full, the batches ahead fold the events in anyway.
-                if !catch_up.swap(true, Ordering::AcqRel) && jobs.try_send(Job::CatchUp).is_err() {
-                    catch_up.store(false, Ordering::Release);
-                }
-                true
-            }
-        })) {
+        let changed = ixn_proto::store::catch_up_on_notify(&tx, catch_up.clone(), || Job::CatchUp);
+        if let Some(listener) = store.listen(changed) {
             tokio::spawn(listener);
         }
         let thread = Thread {
