@@ -59,6 +59,8 @@ pub struct ServeArgs {
     /// Log format; `RUST_LOG` filters what is logged.
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub transport: ixn_proto::hosting::TransportArgs,
 }
 
 #[derive(Debug, Clone, Args)]

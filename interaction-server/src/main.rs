@@ -62,6 +62,13 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let transport = match args.transport.transport() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
         let telemetry = match trace::init(
@@ -91,6 +98,7 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
             clock: Clock::System,
             metrics,
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            transport,
         };
         let served = server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await;
         telemetry.shutdown().await;

@@ -39,6 +39,8 @@ pub struct Options {
     pub metrics: Option<TcpListener>,
     /// How long a drain may take.
     pub shutdown_grace: Duration,
+    /// Per-connection limits and keepalive.
+    pub transport: hosting::Transport,
 }
 
 impl Options {
@@ -57,6 +59,7 @@ impl Options {
             clock,
             metrics: None,
             shutdown_grace: hosting::DEFAULT_DRAIN_GRACE,
+            transport: hosting::Transport::default(),
         }
     }
 }
@@ -106,7 +109,8 @@ pub async fn serve(
         "interaction-server serving"
     );
     let clock = options.clock.clone();
-    let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs());
+    let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs())
+        .limiting(options.transport.rate_limit, options.clock.clone());
 
     if let Some(listener) = options.metrics {
         let handle = measure::install().map_err(ServeError::Metrics)?;
@@ -166,6 +170,7 @@ pub async fn serve(
         draining: draining_tx,
         store: engine.health.clone(),
         grace: options.shutdown_grace,
+        transport: options.transport.clone(),
     };
     let result = hosting::serve(routes, listener, hosting, shutdown).await;
     // Whatever the writer already holds is committed and answered before the store is released.

@@ -47,6 +47,41 @@ fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
         "{err}"
     );
 
+    // The transport's limits: a connection must be allowed a stream, a caller's burst a call.
+    std::fs::write(&file, "max_concurrent_streams = 0\n").unwrap();
+    let (code, _, err) = output(binary(BIN).arg("--config").arg(&file));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--max-concurrent-streams"), "{err}");
+    let (code, _, err) =
+        output(binary(BIN).args(["--rate-limit-per-s", "10", "--rate-limit-burst", "0"]));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--rate-limit-burst"), "{err}");
+
+    // TLS: a certificate needs its key, and both must be usable.
+    let cert = dir.path().join("server.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let (code, _, err) = output(binary(BIN).arg("--tls-cert").arg(&cert));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+    let (code, _, err) = output(
+        binary(BIN)
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&cert),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+    let (code, _, err) = output(
+        binary(BIN)
+            .arg("--tls-cert")
+            .arg(dir.path().join("missing.pem"))
+            .arg("--tls-key")
+            .arg(&cert),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("missing.pem (--tls-cert)"), "{err}");
+
     let (code, _, err) = output(binary(BIN).env("IXN_DATABASE_URL", "postgres://host:port/db"));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--database-url"), "{err}");
@@ -357,4 +392,52 @@ fn logs_are_text_by_default_and_filtered_by_rust_log() {
         first.contains("INFO") && first.contains("metrics serving metrics_listen=127.0.0.1:"),
         "{first}"
     );
+}
+
+/// The TLS settings as an operator gives them: PEM files for the server's certificate and key and
+/// for the CA its clients' certificates must come from.
+#[tokio::test]
+async fn tls_settings_serve_mutual_tls_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ixn_proto::testing::Pki::new("deployment CA");
+    let server_cert = ca.server("localhost");
+    let files = [
+        ("server.pem", server_cert.cert.as_str()),
+        ("server.key", server_cert.key.as_str()),
+        ("clients-ca.pem", &ca.ca()),
+    ];
+    for (name, pem) in files {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let mut command = binary(BIN);
+    command
+        .env("IXN_TLS_CERT", dir.path().join("server.pem"))
+        .env("IXN_TLS_KEY", dir.path().join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(dir.path().join("clients-ca.pem"));
+    let server = start_process(&dir.path().join("data"), command, false);
+
+    let connect = |client: Option<ixn_proto::testing::Issued>| {
+        let tls = ca.client_tls(client.as_ref());
+        let addr = server.addr;
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect_lazy();
+            let who = Who::media_server("ms");
+            let token = who.token(ixn_proto::clock::Clock::System.now_secs(), 3_600);
+            Client::new(channel, who, token)
+        }
+    };
+    let mut signed = connect(Some(ca.client("ms"))).await;
+    signed.submit("q", "chat").await.unwrap();
+    let mut anonymous = connect(None).await;
+    anonymous
+        .submit("q", "chat")
+        .await
+        .expect_err("a client without a certificate was served");
+    server.signal("TERM");
+    assert!(server.wait().await.success());
 }

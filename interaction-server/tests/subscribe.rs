@@ -3,8 +3,9 @@
 //! SEQUENCE_OUT_OF_RANGE; the filters; who sees what (the Subscribe column of the contract's
 //! authorization table, from memory and, after a restart, from the store, including names with
 //! spaces); a token that expires ends its stream with TOKEN_EXPIRED; draining ends streams with
-//! UNAVAILABLE and completes even when a subscriber has stopped reading; and a replay longer than
-//! the in-memory ring.
+//! UNAVAILABLE and completes even when a subscriber has stopped reading; a subscriber that stopped
+//! reading is cut with SUBSCRIBER_TOO_SLOW once its bounded buffer has stayed full, and resumes; and
+//! a replay longer than the in-memory ring.
 //!
 //! Streams are read up to a known sequence or a fence (an event the reader is sure to see, caused
 //! after what is under test), never after a sleep. What a party should see is computed from an
@@ -19,7 +20,7 @@ use ixn_proto::error::Reason as R;
 use ixn_proto::events::event::Body;
 use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
 use ixn_proto::interaction::*;
-use ixn_proto::log::RING_CAPACITY;
+use ixn_proto::log::{DEFAULT_PATIENCE, RING_CAPACITY};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -789,6 +790,71 @@ async fn draining_is_not_held_up_forever_by_a_subscriber_that_stopped_reading() 
         .expect("the stop did not complete: a stalled stream holds the drain")
         .unwrap();
     drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_with_a_bounded_buffer_and_resumes_without_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut admin = server.client(Who::admin()).await;
+    let mut hung = server.client(Who::reporter()).await;
+    let mut stalled = hung.subscribe(0).await;
+    // Another reader that keeps up, on its own connection.
+    let mut reader = server.client(Who::reporter()).await;
+    let mut keeping_up = reader.subscribe(0).await;
+    // Some 20 MB of events, far more than the buffer and the transport's windows hold.
+    let big: BTreeMap<String, String> = (0..4)
+        .map(|n| (format!("k{n}"), "x".repeat(4_000)))
+        .collect();
+    submit_concurrently(&server, 8, 150, big).await;
+    let (_, last) = submit(&mut admin, "fence").await;
+    let committed: usize = read_through(&mut keeping_up, last)
+        .await
+        .iter()
+        .map(prost::Message::encoded_len)
+        .sum();
+
+    // The stalled stream's feeder now waits for room in the full buffer, with a deadline of the
+    // patience; once the clock passes it, the stream is cut.
+    let deadline = server.clock.now() + DEFAULT_PATIENCE.as_micros() as i64;
+    tokio::time::timeout(PATIENCE, server.clock.someone_sleeps_until(deadline))
+        .await
+        .expect("the stalled stream's feeder never waited on a full buffer");
+    server.clock.advance(DEFAULT_PATIENCE);
+
+    // The reader comes back: what was buffered, in order, then the cut, naming the last sequence.
+    let mut held = Vec::new();
+    let cut = loop {
+        match stalled.next().await {
+            Ok(e) => held.push(e),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut.code(), Code::ResourceExhausted, "{cut:?}");
+    let failure = ixn_proto::error::Failure::from_status(&cut).unwrap();
+    assert_eq!(failure.reason, R::SubscriberTooSlow);
+    assert_contiguous(&held, 1);
+    let resume_at = held.last().map_or(0, |e| e.sequence);
+    assert_eq!(failure.metadata["after_sequence"], resume_at.to_string());
+    // What the server held for it was bounded by the buffer and the transport's windows, not by
+    // what was committed.
+    let held_bytes: usize = held.iter().map(prost::Message::encoded_len).sum();
+    assert!(
+        resume_at < last && held_bytes < committed / 2,
+        "the stalled stream held {held_bytes} of {committed} bytes (sequences 1..={resume_at} of {last})"
+    );
+
+    // It resumes from its last sequence and misses nothing; the reader that kept up was not cut.
+    let mut resumed = hung.subscribe(resume_at).await;
+    let rest = read_through(&mut resumed, last).await;
+    assert_contiguous(&rest, resume_at + 1);
+    let (_, after_cut) = submit(&mut admin, "fence").await;
+    let live = keeping_up
+        .next()
+        .await
+        .expect("the reader that kept up was cut");
+    assert_eq!(live.sequence, after_cut);
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -305,7 +305,27 @@ pub struct Authenticator {
     verifier: std::sync::Arc<Verifier>,
     /// Seconds since the epoch, from the service's (injectable) clock.
     now: std::sync::Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// The calls each caller may make, if limited.
+    limiter: Option<std::sync::Arc<Limiter>>,
 }
+
+/// How many calls one caller (a token's tenant, role and subject) may make: a sustained rate and a
+/// burst above it. Health and reflection are not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
+}
+
+type Limiter = governor::RateLimiter<
+    String,
+    governor::state::keyed::DashMapStateStore<String>,
+    crate::clock::Clock,
+    governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
+>;
+
+/// How often the limiter forgets callers whose allowance is full again.
+const FORGET_IDLE_CALLERS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -320,7 +340,54 @@ impl Authenticator {
         Authenticator {
             verifier: std::sync::Arc::new(verifier),
             now: std::sync::Arc::new(now),
+            limiter: None,
         }
+    }
+
+    /// Limits each caller's calls on `clock`; a caller over its limit is refused with
+    /// `RATE_LIMITED` before anything else is done. Call from within the runtime.
+    pub fn limiting(
+        mut self,
+        limit: Option<RateLimit>,
+        clock: crate::clock::Clock,
+    ) -> Authenticator {
+        let Some(limit) = limit else { return self };
+        let quota = governor::Quota::per_second(limit.per_second).allow_burst(limit.burst);
+        let limiter = std::sync::Arc::new(Limiter::dashmap_with_clock(quota, clock));
+        let weak = std::sync::Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FORGET_IDLE_CALLERS_EVERY).await;
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Counts one call of `claims`' caller against its limit.
+    fn admit(&self, claims: &Claims) -> Result<(), crate::error::Failure> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key = format!(
+            "{}\0{}\0{}",
+            claims.tenant,
+            claims.role.as_str(),
+            claims.sub
+        );
+        limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
+            crate::error::Failure::new(
+                crate::error::Reason::RateLimited,
+                "this caller is over its rate limit; retry later",
+            )
+            .with_meta("retry_after_ms", wait.as_millis().max(1))
+        })
     }
 
     /// Verifies the call's token.
@@ -348,6 +415,7 @@ impl Authenticator {
                     "the token has expired or is not valid yet",
                 ),
             })?;
+        self.admit(&claims)?;
         let tenant = if claims.tenant == ANY_TENANT {
             match metadata.get(TENANT_HEADER).map(|v| v.to_str()) {
                 Some(Ok(t)) if !t.is_empty() && t != ANY_TENANT => Some(t.to_owned()),

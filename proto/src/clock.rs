@@ -1,6 +1,7 @@
 //! Time, injected: the system clock in production, a manual one in tests (invite deadlines and token
 //! expiry move when a test says so, never by sleeping).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +41,7 @@ impl Clock {
                 tokio::time::sleep(Duration::from_micros(wait)).await;
             }
             Clock::Manual(m) => {
+                let _sleeping = Sleeping::new(m, deadline);
                 let mut rx = m.changed.subscribe();
                 while m.now() < deadline {
                     if rx.changed().await.is_err() {
@@ -51,11 +53,41 @@ impl Clock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to, and that shows who waits on it.
 #[derive(Clone, Debug)]
 pub struct ManualClock {
     now: Arc<AtomicI64>,
     changed: Arc<watch::Sender<Micros>>,
+    /// How many wait until each deadline.
+    sleepers: Arc<watch::Sender<BTreeMap<Micros, usize>>>,
+}
+
+/// One wait on a manual clock, counted while it lasts.
+struct Sleeping<'a> {
+    clock: &'a ManualClock,
+    deadline: Micros,
+}
+
+impl<'a> Sleeping<'a> {
+    fn new(clock: &'a ManualClock, deadline: Micros) -> Sleeping<'a> {
+        clock
+            .sleepers
+            .send_modify(|s| *s.entry(deadline).or_default() += 1);
+        Sleeping { clock, deadline }
+    }
+}
+
+impl Drop for Sleeping<'_> {
+    fn drop(&mut self) {
+        self.clock.sleepers.send_modify(|s| {
+            if let Some(n) = s.get_mut(&self.deadline) {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(&self.deadline);
+                }
+            }
+        });
+    }
 }
 
 impl ManualClock {
@@ -63,6 +95,7 @@ impl ManualClock {
         ManualClock {
             now: Arc::new(AtomicI64::new(start)),
             changed: Arc::new(watch::Sender::new(start)),
+            sleepers: Arc::new(watch::Sender::new(BTreeMap::new())),
         }
     }
 
@@ -73,6 +106,13 @@ impl ManualClock {
 
     pub fn now(&self) -> Micros {
         self.now.load(Ordering::SeqCst)
+    }
+
+    /// Completes once something waits on this clock until exactly `deadline`: a test knows then
+    /// that moving the clock past it acts on that wait, not on one that has yet to start.
+    pub async fn someone_sleeps_until(&self, deadline: Micros) {
+        let mut sleepers = self.sleepers.subscribe();
+        let _ = sleepers.wait_for(|s| s.contains_key(&deadline)).await;
     }
 
     /// Moves the clock forward and wakes whatever waits on it.
@@ -96,4 +136,13 @@ pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
 /// Microseconds since the epoch from a protobuf timestamp.
 pub fn micros(ts: &prost_types::Timestamp) -> Micros {
     ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000
+}
+
+/// The clock that rate limits are counted on: the service's own, so that a test moves it.
+impl governor::clock::Clock for Clock {
+    type Instant = governor::nanos::Nanos;
+
+    fn now(&self) -> governor::nanos::Nanos {
+        governor::nanos::Nanos::from(Clock::now(self).max(0) as u64 * 1_000)
+    }
 }

@@ -8,6 +8,7 @@
 
 use crate::clock::{Clock, Micros};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -101,6 +102,115 @@ impl StoreHealth {
 /// How often an unreachable store is tried again.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// What the transport allows each connection, so that no client can hold the server's resources
+/// without bound: streams at once, and how long a silent peer is kept.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    /// Streams (calls) one connection may have open at once; more wait for one to end.
+    pub max_concurrent_streams: u32,
+    /// How often an HTTP/2 PING checks an idle connection's peer.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// TCP keepalive on accepted connections, for peers gone without a trace.
+    pub tcp_keepalive: Duration,
+    /// The calls each caller may make; none: unlimited.
+    pub rate_limit: Option<crate::auth::RateLimit>,
+    /// TLS (and, with a client CA, mutual TLS); none: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            max_concurrent_streams: 1_024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            rate_limit: None,
+            tls: None,
+        }
+    }
+}
+
+/// The transport's settings, as both services take them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransportArgs {
+    /// Calls (streams) one connection may have open at once; more wait for one to end.
+    #[arg(long, env = "IXN_MAX_CONCURRENT_STREAMS", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// How often an HTTP/2 PING checks a connection's peer (ms).
+    #[arg(long, env = "IXN_KEEPALIVE_INTERVAL_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed (ms).
+    #[arg(long, env = "IXN_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout_ms: u64,
+    /// Calls per second each caller (a token's tenant, role and subject) may make on average;
+    /// more are refused with RATE_LIMITED. 0: unlimited.
+    #[arg(long, env = "IXN_RATE_LIMIT_PER_S", default_value_t = 0)]
+    pub rate_limit_per_s: u32,
+    /// Calls a caller may make at once above its rate (default: one second's worth).
+    #[arg(long, env = "IXN_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<std::num::NonZeroU32>,
+    /// PEM certificate chain to serve TLS with; plaintext when unset.
+    #[arg(long, env = "IXN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "IXN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): every client must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "IXN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Reads a PEM file a setting names; the error names the setting.
+pub fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {} ({flag}): {e}", path.display()))
+}
+
+impl TransportArgs {
+    /// The transport these settings describe; an unreadable or unusable certificate or key names
+    /// its setting.
+    pub fn transport(&self) -> Result<Transport, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let identity =
+                    Identity::from_pem(read_pem(cert, "--tls-cert")?, read_pem(key, "--tls-key")?);
+                let mut tls = ServerTlsConfig::new().identity(identity);
+                if let Some(ca) = &self.tls_client_ca {
+                    tls =
+                        tls.client_ca_root(Certificate::from_pem(read_pem(ca, "--tls-client-ca")?));
+                }
+                // The certificate, the key and the CA are parsed here, not once serving.
+                tonic::transport::Server::builder()
+                    .tls_config(tls.clone())
+                    .map_err(|e| {
+                        format!("--tls-cert, --tls-key or --tls-client-ca cannot be used: {e}")
+                    })?;
+                Some(tls)
+            }
+            _ => None,
+        };
+        Ok(Transport {
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            rate_limit: std::num::NonZeroU32::new(self.rate_limit_per_s).map(|per_second| {
+                crate::auth::RateLimit {
+                    per_second,
+                    burst: self.rate_limit_burst.unwrap_or(per_second),
+                }
+            }),
+            tls,
+            ..Transport::default()
+        })
+    }
+}
+
 /// How a server is hosted besides its routes and listener.
 #[derive(Debug)]
 pub struct Hosting {
@@ -113,6 +223,7 @@ pub struct Hosting {
     pub store: StoreHealth,
     /// How long the drain may take.
     pub grace: Duration,
+    pub transport: Transport,
 }
 
 /// Serves `routes` on `listener` until `shutdown` completes, then drains as the module says.
@@ -130,6 +241,7 @@ pub async fn serve(
         draining,
         store,
         grace,
+        transport,
     } = hosting;
     let (deadline_tx, deadline) = oneshot::channel::<Micros>();
     let (reported_tx, mut reported) = watch::channel(false);
@@ -160,8 +272,17 @@ pub async fn serve(
     };
     // Nagle's algorithm off: with it, a response of more than one segment waits for the client's
     // delayed ACK (about 40 ms) before its last segment goes out.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = tonic::transport::Server::builder()
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(transport.tcp_keepalive));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = transport.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serving = builder
+        .max_concurrent_streams(transport.max_concurrent_streams)
+        .http2_keepalive_interval(Some(transport.keepalive_interval))
+        .http2_keepalive_timeout(Some(transport.keepalive_timeout))
         .layer(crate::observe::ObserveLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);

@@ -10,9 +10,12 @@ use crate::error::{Failure, Reason};
 use crate::events::{Event, EventFilter};
 use crate::store::{History, REPLAY_CHUNK, StoreError};
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use tokio::sync::{mpsc, watch};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::Instrument;
 
@@ -248,10 +251,133 @@ fn expired(after: u64) -> Status {
     .into_status()
 }
 
-/// Feeds one stream until its reader goes away, it ends, its token expires or the server drains.
-/// Each entry is delivered at most once and in sequence order; a reader that falls behind holds back
-/// only this task (what it has not read stays in the log).
-pub async fn follow<V, E>(feed: Feed<V, E>, tx: mpsc::Sender<Result<Event, Status>>)
+/// Events buffered per stream, beyond what the transport holds.
+pub const STREAM_BUFFER: usize = 256;
+
+/// How long a stream's buffer may stay full before the stream is cut with `SUBSCRIBER_TOO_SLOW`.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Opens a stream's two ends: the feeder's [`Inlet`] and the transport's [`Outlet`].
+///
+/// A reader that stops reading fills the transport's window and then this buffer; once the buffer
+/// has stayed full for `patience` on `clock`, the stream is cut. What the server holds for a stalled
+/// reader is therefore bounded by the buffer, whatever is committed meanwhile: the rest stays in the
+/// log, and the reader resumes from the last sequence it received.
+pub fn stream(clock: Clock, patience: Duration) -> (Inlet, Outlet) {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (end_tx, end_rx) = oneshot::channel();
+    (
+        Inlet {
+            tx,
+            end: Some(end_tx),
+            clock,
+            patience,
+            sent: None,
+        },
+        Outlet {
+            rx,
+            end: Some(end_rx),
+        },
+    )
+}
+
+/// The feeding end of a stream.
+#[derive(Debug)]
+pub struct Inlet {
+    tx: mpsc::Sender<Event>,
+    end: Option<oneshot::Sender<Status>>,
+    clock: Clock,
+    patience: Duration,
+    /// The sequence of the last event put in the buffer.
+    sent: Option<u64>,
+}
+
+/// Why an event could not be sent: the stream is over.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Inlet {
+    /// Buffers one event, waiting for room for at most the patience. A reader that is gone, or
+    /// that let the buffer stay full that long (the stream is then cut), is `Gone`.
+    pub async fn send(&mut self, sequence: u64, event: Event) -> Result<(), Gone> {
+        let event = match self.tx.try_send(event) {
+            Ok(()) => {
+                self.sent = Some(sequence);
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Gone),
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        let deadline = self.clock.now() + self.patience.as_micros() as Micros;
+        tokio::select! {
+            sent = self.tx.send(event) => {
+                sent.map_err(|_| Gone)?;
+                self.sent = Some(sequence);
+                Ok(())
+            }
+            () = self.clock.sleep_until(deadline) => {
+                self.cut();
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Ends the stream with `status`, after what is buffered; never waits for the reader.
+    pub fn end(&mut self, status: Status) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(status);
+        }
+    }
+
+    /// Cuts the stream of a reader that stopped reading. It resumes from the last sequence it
+    /// received, which is the one given here once it has read what is buffered.
+    fn cut(&mut self) {
+        crate::measure::subscriber_cut();
+        tracing::info!(after = ?self.sent, "a reader stopped reading: its stream is cut");
+        let mut failure = Failure::new(
+            Reason::SubscriberTooSlow,
+            "the stream's buffer stayed full; resume from the last sequence received",
+        );
+        if let Some(sent) = self.sent {
+            failure = failure.with_meta("after_sequence", sent);
+        }
+        self.end(failure.into_status());
+    }
+
+    /// Completes when the reader is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// The transport's end of a stream: the buffered events, then the status the stream ended with.
+#[derive(Debug)]
+pub struct Outlet {
+    rx: mpsc::Receiver<Event>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl futures::Stream for Outlet {
+    type Item = Result<Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(event) = std::task::ready!(self.rx.poll_recv(cx)) {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        // The feeder is gone, and with it the sender of this: it is ready.
+        let ended = match self.end.as_mut() {
+            Some(end) => std::task::ready!(Pin::new(end).poll(cx)).ok(),
+            None => None,
+        };
+        self.end = None;
+        Poll::Ready(ended.map(Err))
+    }
+}
+
+/// Feeds one stream until its reader goes away, it ends, its token expires, the server drains or the
+/// reader stops reading. Each entry is delivered at most once and in sequence order; a reader that
+/// falls behind holds back only this task (what it has not read stays in the log).
+pub async fn follow<V, E>(feed: Feed<V, E>, mut tx: Inlet)
 where
     V: Fn(&LogEntry) -> bool,
     E: Fn(&LogEntry) -> bool,
@@ -269,11 +395,9 @@ where
     let place = log.follower(after);
     loop {
         if *draining.borrow() {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the server is shutting down; resume from the last sequence",
-                )))
-                .await;
+            tx.end(Status::unavailable(
+                "the server is shutting down; resume from the last sequence",
+            ));
             return;
         }
         let known = *head.borrow_and_update();
@@ -283,7 +407,7 @@ where
                 _ = draining.changed() => {}
                 _ = tx.closed() => return,
                 _ = clock.sleep_until(expires) => {
-                    let _ = tx.send(Err(expired(after))).await;
+                    tx.end(expired(after));
                     return;
                 }
             }
@@ -292,7 +416,7 @@ where
         let entries = match log.read_after(after, REPLAY_CHUNK).await {
             Ok(entries) => entries,
             Err(e) => {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                tx.end(Status::unavailable(e.to_string()));
                 return;
             }
         };
@@ -313,7 +437,7 @@ where
                 }
                 after = entry.sequence;
                 if visible(&entry) {
-                    if tx.send(Ok(entry.event.clone())).await.is_err() {
+                    if tx.send(entry.sequence, entry.event.clone()).await.is_err() {
                         return false;
                     }
                     if ends_after(&entry) {
@@ -330,7 +454,7 @@ where
         }
         place.at(after);
         if clock.now() >= expires {
-            let _ = tx.send(Err(expired(after))).await;
+            tx.end(expired(after));
             return;
         }
     }

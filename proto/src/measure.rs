@@ -28,6 +28,7 @@ pub const RPC_DURATION: &str = "ixn_rpc_duration_seconds";
 pub const EVENTS_APPENDED: &str = "ixn_events_appended_total";
 pub const SUBSCRIBERS: &str = "ixn_subscribers";
 pub const SUBSCRIBER_LAG: &str = "ixn_subscriber_lag_events";
+pub const SUBSCRIBERS_CUT: &str = "ixn_subscribers_cut_total";
 pub const COMMIT_DURATION: &str = "ixn_store_commit_duration_seconds";
 pub const COMMIT_BATCH: &str = "ixn_store_commit_batch_size";
 pub const INTERACTIONS: &str = "ixn_interactions";
@@ -85,6 +86,10 @@ fn describe() {
     describe_gauge!(
         SUBSCRIBER_LAG,
         "Events the furthest-behind open stream has still to read."
+    );
+    describe_counter!(
+        SUBSCRIBERS_CUT,
+        "Streams cut with SUBSCRIBER_TOO_SLOW because their reader stopped reading."
     );
     describe_histogram!(
         COMMIT_DURATION,
@@ -148,6 +153,11 @@ pub fn commit(took: Duration, changes: usize) {
 
 pub fn events_appended(n: u64) {
     metrics::counter!(EVENTS_APPENDED).increment(n);
+}
+
+/// A stream cut because its reader stopped reading.
+pub fn subscriber_cut() {
+    metrics::counter!(SUBSCRIBERS_CUT).increment(1);
 }
 
 pub fn subscribers(delta: f64) {

@@ -6,17 +6,13 @@ use crate::clock::Clock;
 use crate::common::Party;
 use crate::error::{Failure, Reason};
 use crate::events::event_service_server::EventService;
-use crate::events::{Event, EventFilter, SubscribeRequest};
-use crate::log::{Feed, Log, LogEntry, Viewer, follow, passes};
+use crate::events::{EventFilter, SubscribeRequest};
+use crate::log::{DEFAULT_PATIENCE, Feed, Log, LogEntry, Outlet, Viewer, follow, passes};
 use crate::validate;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-/// Events buffered per subscriber. A reader that falls behind holds back only its own feeder task,
-/// which waits; what it has not read stays in the log, so its memory is bounded by this buffer.
-const SUBSCRIBER_BUFFER: usize = 256;
 /// The most entries a filter may list.
 const MAX_FILTER_ENTRIES: usize = 100;
 
@@ -41,7 +37,7 @@ impl Events {
 
 #[tonic::async_trait]
 impl EventService for Events {
-    type SubscribeStream = ReceiverStream<Result<Event, Status>>;
+    type SubscribeStream = Outlet;
 
     async fn subscribe(
         &self,
@@ -84,7 +80,9 @@ impl EventService for Events {
         };
         let start = if r.from_head { head } else { r.after_sequence };
         let expires = claims.exp.saturating_mul(1_000_000);
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        // A reader that falls behind holds back only its own feeder task, which waits; what it has
+        // not read stays in the log. One that stops reading is cut (see `log::stream`).
+        let (tx, rx) = crate::log::stream(self.clock.clone(), DEFAULT_PATIENCE);
         let feed = Feed {
             log: self.log.clone(),
             visible: move |e: &LogEntry| viewer.may_see(e) && passes(&filter, e),
@@ -96,7 +94,7 @@ impl EventService for Events {
         };
         // The stream is fed from its own task, so a slow reader holds back only itself.
         tokio::spawn(follow(feed, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Support for the services' tests (feature `testing`, enabled by their dev-dependencies only):
-//! running a service's binary as a child process and reading its metrics.
+//! running a service's binary as a child process, reading its metrics, and certificates for TLS.
 
 use std::time::Duration;
 
@@ -253,4 +253,96 @@ pub async fn postgres_schema(key: &std::path::Path) -> String {
         .await
         .expect("the test schema is created");
     crate::pg::in_schema(&base, &schema)
+}
+
+/// A certificate authority made for a test, and the certificates it signs.
+pub struct Pki {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its private key, in PEM.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Issued {
+    pub fn identity(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(&self.cert, &self.key)
+    }
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        Pki {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    /// The CA's certificate, in PEM.
+    pub fn ca(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn ca_certificate(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(self.ca())
+    }
+
+    /// A server's certificate for `host`.
+    pub fn server(&self, host: &str) -> Issued {
+        self.issue(host, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client's certificate, named `name`.
+    pub fn client(&self, name: &str) -> Issued {
+        self.issue(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// What a server serves with: `server`'s identity and, for mutual TLS, this CA for its
+    /// clients' certificates.
+    pub fn server_tls(&self, server: &Issued, mutual: bool) -> tonic::transport::ServerTlsConfig {
+        let tls = tonic::transport::ServerTlsConfig::new().identity(server.identity());
+        if mutual {
+            tls.client_ca_root(self.ca_certificate())
+        } else {
+            tls
+        }
+    }
+
+    /// What a client trusting this CA connects with, presenting `client` if given; servers are
+    /// reached by address and named `localhost`.
+    pub fn client_tls(&self, client: Option<&Issued>) -> tonic::transport::ClientTlsConfig {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(self.ca_certificate())
+            .domain_name("localhost");
+        match client {
+            Some(client) => tls.identity(client.identity()),
+            None => tls,
+        }
+    }
 }

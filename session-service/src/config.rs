@@ -5,6 +5,7 @@ use clap::Parser;
 use ixn_proto::hosting::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,24 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     pub interaction_server: String,
+    /// PEM CA certificate(s) to verify interaction-server's certificate with, for an `https://`
+    /// URL; the system's roots when unset.
+    #[arg(long, env = "IXN_INTERACTION_SERVER_CA")]
+    pub interaction_server_ca: Option<PathBuf>,
+    /// PEM client certificate to present to interaction-server (mutual TLS).
+    #[arg(
+        long,
+        env = "IXN_INTERACTION_SERVER_CERT",
+        requires = "interaction_server_key"
+    )]
+    pub interaction_server_cert: Option<PathBuf>,
+    /// PEM private key of `--interaction-server-cert`.
+    #[arg(
+        long,
+        env = "IXN_INTERACTION_SERVER_KEY",
+        requires = "interaction_server_cert"
+    )]
+    pub interaction_server_key: Option<PathBuf>,
     /// File holding the signing secret shared with interaction-server (`secret`, or lines of
     /// `kid=secret`); `IXN_JWT_SECRET` wins.
     #[arg(long, env = "IXN_JWT_SECRET_FILE")]
@@ -57,4 +76,42 @@ pub struct Cli {
     /// Log format; `RUST_LOG` filters what is logged.
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub transport: ixn_proto::hosting::TransportArgs,
+}
+
+impl Cli {
+    /// How to speak TLS to interaction-server: for an `https://` URL, its CA (or the system's
+    /// roots) and the client certificate to present, if any.
+    pub fn interaction_server_tls(&self) -> Result<Option<ClientTlsConfig>, String> {
+        use ixn_proto::hosting::read_pem;
+        let https = self.interaction_server.starts_with("https://");
+        if !https
+            && (self.interaction_server_ca.is_some() || self.interaction_server_cert.is_some())
+        {
+            return Err(
+                "--interaction-server-ca and --interaction-server-cert need an https:// --interaction-server"
+                    .into(),
+            );
+        }
+        if !https {
+            return Ok(None);
+        }
+        let mut tls = match &self.interaction_server_ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(
+                ca,
+                "--interaction-server-ca",
+            )?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) =
+            (&self.interaction_server_cert, &self.interaction_server_key)
+        {
+            tls = tls.identity(Identity::from_pem(
+                read_pem(cert, "--interaction-server-cert")?,
+                read_pem(key, "--interaction-server-key")?,
+            ));
+        }
+        Ok(Some(tls))
+    }
 }

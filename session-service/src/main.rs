@@ -49,6 +49,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let interaction_server_tls = match cli.interaction_server_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let transport = match cli.transport.transport() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
         let telemetry = match trace::init("session-service", cli.log_format, trace::otlp_from_env())
@@ -74,9 +88,11 @@ fn main() -> ExitCode {
             database_url: cli.database_url,
             secrets,
             interaction_server: cli.interaction_server,
+            interaction_server_tls,
             clock: Clock::System,
             connection_lost_grace: Duration::from_millis(cli.connection_lost_grace_ms),
             switch_timeout: Duration::from_millis(cli.switch_timeout_ms),
+            transport,
         };
         let served = server::serve(listener, options, ixn_proto::hosting::shutdown_signal()).await;
         telemetry.shutdown().await;

@@ -39,6 +39,8 @@ pub struct Options {
     pub secrets: Vec<Secret>,
     /// interaction-server's URL, e.g. `http://127.0.0.1:50051`.
     pub interaction_server: String,
+    /// TLS towards interaction-server (an `https://` URL): its CA and a client certificate.
+    pub interaction_server_tls: Option<tonic::transport::ClientTlsConfig>,
     pub clock: Clock,
     /// How long a session may have no `Connect` stream before its Ready channels go Not Ready.
     pub connection_lost_grace: Duration,
@@ -48,6 +50,8 @@ pub struct Options {
     pub metrics: Option<TcpListener>,
     /// How long a drain may take.
     pub shutdown_grace: Duration,
+    /// Per-connection limits and keepalive.
+    pub transport: hosting::Transport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,7 @@ pub async fn serve(
     let clock = options.clock.clone();
     let switch = Arc::new(Switch::new(
         &options.interaction_server,
+        options.interaction_server_tls.clone(),
         secret,
         clock.clone(),
         options.switch_timeout,
@@ -183,7 +188,8 @@ pub async fn serve(
     let auth_clock = clock.clone();
     let auth = Authenticator::new(Verifier::new(&options.secrets), move || {
         auth_clock.now_secs()
-    });
+    })
+    .limiting(options.transport.rate_limit, clock.clone());
     let events = Events::new(log, clock.clone(), draining);
     let routes = Routes::new(InterceptedService::new(
         SessionServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -205,6 +211,7 @@ pub async fn serve(
         draining: draining_tx,
         store: writer.health.clone(),
         grace: options.shutdown_grace,
+        transport: options.transport.clone(),
     };
     let result = hosting::serve(routes, listener, hosting, shutdown).await;
     stop_relay.send_replace(true);

@@ -15,7 +15,7 @@ use ixn_proto::interaction::agent_service_client::AgentServiceClient;
 use ixn_proto::interaction::*;
 use std::sync::Mutex;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// The token's subject: who session-service is towards interaction-server.
@@ -90,16 +90,22 @@ pub struct Switch {
 
 impl Switch {
     /// A lazily connecting client: start-up order does not matter.
+    /// An `https://` URL is spoken to with `tls`, or with the system's roots if none is given.
     pub fn new(
         url: &str,
+        tls: Option<ClientTlsConfig>,
         secret: Secret,
         clock: Clock,
         timeout: Duration,
     ) -> Result<Switch, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls.unwrap_or_else(|| ClientTlsConfig::new().with_native_roots()))?;
+        }
+        let channel = endpoint.connect_lazy();
         Ok(Switch {
             channel,
             secret,

@@ -23,6 +23,27 @@ fn a_bad_setting_exits_64_naming_it() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--switch-timeout-ms"), "{err}");
 
+    // A CA or a client certificate for interaction-server needs it reached over TLS.
+    let (code, _, err) = output(
+        binary(BIN, SECRET)
+            .args(["--interaction-server", "http://127.0.0.1:1"])
+            .arg("--interaction-server-ca")
+            .arg(&file),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("need an https:// --interaction-server"),
+        "{err}"
+    );
+    let (code, _, err) = output(
+        binary(BIN, SECRET)
+            .args(["--interaction-server", "https://127.0.0.1:1"])
+            .arg("--interaction-server-ca")
+            .arg(dir.path().join("missing-ca.pem")),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("(--interaction-server-ca)"), "{err}");
+
     let (code, _, err) = output(binary(BIN, SECRET).env("IXN_SESSION_LISTEN", "here"));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--listen"), "{err}");

@@ -77,6 +77,16 @@ impl TestServer {
     }
 
     pub async fn start_with(data_dir: &Path, platform: Platform, clock: ManualClock) -> TestServer {
+        Self::start_configured(data_dir, platform, clock, |_| {}).await
+    }
+
+    /// A server whose options the test sets beyond the usual ones.
+    pub async fn start_configured(
+        data_dir: &Path,
+        platform: Platform,
+        clock: ManualClock,
+        configure: impl FnOnce(&mut Options),
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -87,6 +97,7 @@ impl TestServer {
             Clock::Manual(clock.clone()),
         );
         options.database_url = database_url(data_dir).await;
+        configure(&mut options);
         let handle = tokio::spawn(server::serve(listener, options, async {
             let _ = rx.await;
         }));

@@ -8,17 +8,12 @@ use ixn_proto::auth::Identity;
 use ixn_proto::clock::Micros;
 use ixn_proto::common::Party;
 use ixn_proto::error::{Failure, Reason as R};
-use ixn_proto::events::Event;
-use ixn_proto::log::{Feed, LogEntry, follow};
+use ixn_proto::log::{DEFAULT_PATIENCE, Feed, LogEntry, Outlet, follow};
 use ixn_proto::session::Session;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
-/// Events buffered per stream; a desktop that stops reading holds back only its own stream.
-const STREAM_BUFFER: usize = 256;
 /// The actor of the changes the grace period makes.
 pub const CONNECTION_LOST: &str = "connection-lost";
 
@@ -44,10 +39,7 @@ struct Track {
 }
 
 /// A `Connect` stream, and what completes once other replicas can see that it is open.
-pub type Opened = (
-    ReceiverStream<Result<Event, Status>>,
-    Option<oneshot::Receiver<()>>,
-);
+pub type Opened = (Outlet, Option<oneshot::Receiver<()>>);
 
 /// Keeps a stream counted while it lives.
 struct Open {
@@ -195,12 +187,14 @@ impl Inner {
             draining: self.draining.clone(),
         };
         let (open, shared) = self.connections.connected(self.clone(), &session_id);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // A desktop that stops reading holds back only its own stream, and is cut once its buffer
+        // has stayed full (see `log::stream`).
+        let (tx, rx) = ixn_proto::log::stream(self.clock.clone(), DEFAULT_PATIENCE);
         tokio::spawn(async move {
             let _open = open;
             follow(feed, tx).await;
         });
-        Ok((ReceiverStream::new(rx), shared))
+        Ok((rx, shared))
     }
 
     /// The grace period is over with no stream: Ready channels go Not Ready.

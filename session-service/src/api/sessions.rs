@@ -9,13 +9,11 @@ use crate::writer::{Response as Recorded, logout_response};
 use ixn_proto::auth::{Identity, Role, identity};
 use ixn_proto::common::{AgentState, Party};
 use ixn_proto::error::{Failure, Reason as R};
-use ixn_proto::events::Event;
 use ixn_proto::session::session_service_server::SessionService;
 use ixn_proto::session::*;
 use ixn_proto::trace::traceparent;
 use ixn_proto::validate;
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
@@ -647,7 +645,7 @@ impl SessionService for Api {
         Ok(Response::new(self.inner.present(session).await?))
     }
 
-    type ConnectStream = ReceiverStream<Result<Event, Status>>;
+    type ConnectStream = ixn_proto::log::Outlet;
 
     async fn connect(
         &self,

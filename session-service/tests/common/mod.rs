@@ -88,7 +88,31 @@ pub struct Stack {
     /// interaction-server's address stays the same across its restarts (session-service follows it).
     pub ixn_addr: SocketAddr,
     pub grace: Duration,
+    /// Both services on mutual TLS, when set.
+    pub tls: Option<StackTls>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// The certificates of a stack on mutual TLS: one CA signs both servers' certificates (for
+/// `localhost`) and every client's, session-service's towards interaction-server included.
+pub struct StackTls {
+    pub ca: ixn_proto::testing::Pki,
+    pub server: ixn_proto::testing::Issued,
+    pub client: ixn_proto::testing::Issued,
+    /// Whether session-service presents its certificate to interaction-server.
+    pub switch_presents_certificate: bool,
+}
+
+impl StackTls {
+    pub fn new(switch_presents_certificate: bool) -> StackTls {
+        let ca = ixn_proto::testing::Pki::new("stack CA");
+        StackTls {
+            server: ca.server("localhost"),
+            client: ca.client("session-service"),
+            ca,
+            switch_presents_certificate,
+        }
+    }
 }
 
 async fn listener_at(addr: Option<SocketAddr>) -> TcpListener {
@@ -114,6 +138,15 @@ impl Stack {
     }
 
     pub async fn start_with(platform: PlatformConfig) -> Stack {
+        Self::start_configured(platform, None).await
+    }
+
+    /// Both services on mutual TLS.
+    pub async fn start_tls(tls: StackTls) -> Stack {
+        Self::start_configured(platform(), Some(tls)).await
+    }
+
+    async fn start_configured(platform: PlatformConfig, tls: Option<StackTls>) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let mut stack = Stack {
             clock: ManualClock::starting_now(),
@@ -124,6 +157,7 @@ impl Stack {
             sessions: None,
             ixn_addr: "127.0.0.1:0".parse().unwrap(),
             grace: Duration::from_secs(60),
+            tls,
             _dir: Some(dir),
         };
         stack.start_interaction_server().await;
@@ -136,12 +170,15 @@ impl Stack {
         let listener = listener_at(reuse).await;
         self.ixn_addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let options = interaction_server::server::Options::new(
+        let mut options = interaction_server::server::Options::new(
             self.ixn_dir.clone(),
             vec![secret()],
             Platform::from_config(&self.platform).unwrap(),
             Clock::Manual(self.clock.clone()),
         );
+        if let Some(tls) = &self.tls {
+            options.transport.tls = Some(tls.ca.server_tls(&tls.server, true));
+        }
         let handle = tokio::spawn(async move {
             interaction_server::server::serve(listener, options, async {
                 let _ = rx.await;
@@ -175,16 +212,26 @@ impl Stack {
     async fn spawn_session_service(&self, listener: TcpListener) -> Running {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
+        let mut transport = ixn_proto::hosting::Transport::default();
+        let mut interaction_server_tls = None;
+        if let Some(tls) = &self.tls {
+            transport.tls = Some(tls.ca.server_tls(&tls.server, true));
+            let presented = tls.switch_presents_certificate.then_some(&tls.client);
+            interaction_server_tls = Some(tls.ca.client_tls(presented));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let options = session_service::server::Options {
             data_dir: self.session_dir.clone(),
             database_url: database_url(&self.session_dir).await,
             secrets: vec![secret()],
-            interaction_server: format!("http://{}", self.ixn_addr),
+            interaction_server: format!("{scheme}://{}", self.ixn_addr),
+            interaction_server_tls,
             clock: Clock::Manual(self.clock.clone()),
             connection_lost_grace: self.grace,
             switch_timeout: Duration::from_secs(2),
             metrics: None,
             shutdown_grace: ixn_proto::hosting::DEFAULT_DRAIN_GRACE,
+            transport,
         };
         let handle = tokio::spawn(async move {
             session_service::server::serve(listener, options, async {
@@ -233,17 +280,16 @@ impl Stack {
         auth::mint(&secret(), &claims)
     }
 
-    fn channel(addr: SocketAddr) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy()
+    /// A channel to either service, on TLS with the stack's client certificate if the stack is.
+    fn channel(&self, addr: SocketAddr) -> Channel {
+        channel_to(addr, self.tls.as_ref())
     }
 
     /// A desktop: an agent's client of session-service.
     pub fn desktop(&self, agent: &str) -> Desktop {
         let token = self.token(Role::Agent, agent, "t1", Some(agent));
         Desktop::new(
-            Self::channel(self.sessions.as_ref().unwrap().addr),
+            self.channel(self.sessions.as_ref().unwrap().addr),
             agent,
             token,
         )
@@ -252,14 +298,14 @@ impl Stack {
     /// A desktop talking to the session-service at `addr` (a replica).
     pub fn desktop_at(&self, addr: SocketAddr, agent: &str) -> Desktop {
         let token = self.token(Role::Agent, agent, "t1", Some(agent));
-        Desktop::new(Self::channel(addr), agent, token)
+        Desktop::new(self.channel(addr), agent, token)
     }
 
     /// An admin's client of session-service.
     pub fn session_admin(&self) -> Desktop {
         let token = self.token(Role::Admin, "ops", "t1", None);
         Desktop::new(
-            Self::channel(self.sessions.as_ref().unwrap().addr),
+            self.channel(self.sessions.as_ref().unwrap().addr),
             "",
             token,
         )
@@ -270,7 +316,7 @@ impl Stack {
         let agent = (role == Role::Agent).then_some(sub);
         let token = self.token(role, sub, "t1", agent);
         let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
-        let channel = Self::channel(self.ixn_addr);
+        let channel = self.channel(self.ixn_addr);
         Ixn {
             interactions: InteractionServiceClient::with_interceptor(
                 channel.clone(),
@@ -278,6 +324,20 @@ impl Stack {
             ),
             events: EventServiceClient::with_interceptor(channel, bearer),
         }
+    }
+}
+
+/// A lazily connecting channel to `addr`, on TLS with `tls`'s client certificate if given.
+pub fn channel_to(addr: SocketAddr, tls: Option<&StackTls>) -> Channel {
+    match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls.ca.client_tls(Some(&tls.client)))
+            .unwrap()
+            .connect_lazy(),
     }
 }
 
@@ -614,9 +674,7 @@ pub const DEFAULT_NOT_READY: &str = "after-call-work";
 pub async fn switch_view(stack: &Stack, agent: &str) -> Agent {
     let token = stack.token(Role::Service, "s", "t1", None);
     let bearer = Bearer(format!("Bearer {token}").parse().unwrap());
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.ixn_addr))
-        .unwrap()
-        .connect_lazy();
+    let channel = channel_to(stack.ixn_addr, stack.tls.as_ref());
     AgentServiceClient::with_interceptor(channel, bearer)
         .get_agent(GetAgentRequest {
             agent_id: agent.into(),
@@ -745,7 +803,7 @@ impl Live {
 
     pub fn desktop(&self, agent: &str) -> Desktop {
         let token = Self::token(Role::Agent, agent, Some(agent));
-        Desktop::new(Stack::channel(self.sessions.addr), agent, token)
+        Desktop::new(channel_to(self.sessions.addr, None), agent, token)
     }
 
     pub fn ixn(&self, role: Role, sub: &str) -> Ixn {
@@ -755,7 +813,7 @@ impl Live {
                 .parse()
                 .unwrap(),
         );
-        let channel = Stack::channel(self.ixn_addr);
+        let channel = channel_to(self.ixn_addr, None);
         Ixn {
             interactions: InteractionServiceClient::with_interceptor(
                 channel.clone(),
