@@ -19,8 +19,7 @@ mod replicas {
     use ixn_proto::events::event::Body;
     use ixn_proto::session::{SessionState, SetNotReadyRequest};
 
-    /// A media server submits a `media` interaction, router r1 takes it and invites `agent`.
-
+    /// Where each relayed event came from: interaction-server's sequence and event id.
     fn relayed(events: &[Event]) -> Vec<(u64, String)> {
         events
             .iter()
@@ -31,7 +30,7 @@ mod replicas {
 
     #[tokio::test]
     async fn a_session_logged_in_through_one_replica_is_changed_and_logged_out_through_another() {
-        let mut stack = Stack::start().await;
+        let stack = Stack::start().await;
         let b = stack.session_replica().await;
         let mut on_a = stack.desktop("a1");
         let mut on_b = stack.desktop_at(b.addr, "a1");
@@ -90,7 +89,7 @@ mod replicas {
 
     #[tokio::test]
     async fn logins_of_one_agent_racing_through_two_replicas_give_one_session() {
-        let mut stack = Stack::start().await;
+        let stack = Stack::start().await;
         let b = stack.session_replica().await;
         let agents: Vec<String> = (0..20).map(|i| format!("racer-{i}")).collect();
         let races = agents.iter().map(|agent| {
@@ -116,7 +115,7 @@ mod replicas {
 
     #[tokio::test]
     async fn changes_racing_through_two_replicas_are_each_kept() {
-        let mut stack = Stack::start_with(PlatformConfig {
+        let stack = Stack::start_with(PlatformConfig {
             free_text_reasons_allowed: Some(true),
             ..platform()
         })
@@ -214,7 +213,7 @@ mod replicas {
 
     #[tokio::test]
     async fn the_connection_lost_grace_counts_the_streams_of_every_replica() {
-        let mut stack = Stack::start().await;
+        let stack = Stack::start().await;
         let b = stack.session_replica().await;
         let mut on_a = stack.desktop("a1");
         let mut on_b = stack.desktop_at(b.addr, "a1");

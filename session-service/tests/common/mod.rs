@@ -749,6 +749,16 @@ impl Live {
         session_metrics: bool,
         configure: impl FnOnce(&mut std::process::Command),
     ) -> Live {
+        Self::start_on(platform(), metrics, session_metrics, configure).await
+    }
+
+    /// As [`Live::start`], on interaction-server's `platform`.
+    pub async fn start_on(
+        platform: PlatformConfig,
+        metrics: Option<TcpListener>,
+        session_metrics: bool,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Live {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ixn_addr = listener.local_addr().unwrap();
@@ -756,7 +766,7 @@ impl Live {
         let mut options = interaction_server::server::Options::new(
             dir.path().join("interaction-server"),
             vec![secret()],
-            Platform::from_config(&platform()).unwrap(),
+            Platform::from_config(&platform).unwrap(),
             Clock::System,
         );
         options.metrics = metrics;
