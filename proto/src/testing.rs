@@ -346,3 +346,111 @@ impl Pki {
         }
     }
 }
+
+/// What a [`Link`] does with the bytes it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Forwards everything at once.
+    Pass,
+    /// Holds every byte (the connections stay open) until the mode changes.
+    Stall,
+    /// Forwards each chunk after a delay.
+    Slow(Duration),
+    /// Closes every connection and refuses new ones.
+    Cut,
+}
+
+/// A TCP proxy between two services, for network faults: put it between a client and its server,
+/// then cut, stall or slow the connections mid-stream, and restore them.
+pub struct Link {
+    pub addr: std::net::SocketAddr,
+    mode: std::sync::Arc<tokio::sync::watch::Sender<LinkMode>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts forwarding connections made to [`Link::addr`] to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = std::sync::Arc::new(tokio::sync::watch::Sender::new(LinkMode::Pass));
+        let accepting = tokio::spawn({
+            let mode = mode.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if *mode.borrow() == LinkMode::Cut {
+                        continue;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, mode.subscribe()));
+                    tokio::spawn(pump(server_read, client_write, mode.subscribe()));
+                }
+            }
+        });
+        Link {
+            addr,
+            mode,
+            accepting,
+        }
+    }
+
+    pub fn set(&self, mode: LinkMode) {
+        self.mode.send_replace(mode);
+    }
+
+    pub fn cut(&self) {
+        self.set(LinkMode::Cut);
+    }
+
+    pub fn stall(&self) {
+        self.set(LinkMode::Stall);
+    }
+
+    pub fn restore(&self) {
+        self.set(LinkMode::Pass);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.mode.send_replace(LinkMode::Cut);
+    }
+}
+
+/// Carries one direction of a connection as the link's mode says; a cut drops both halves.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<LinkMode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            cut = mode.wait_for(|m| *m == LinkMode::Cut) => { let _ = cut; return }
+        };
+        let current = match mode.wait_for(|m| *m != LinkMode::Stall).await {
+            Ok(current) => *current,
+            Err(_) => return,
+        };
+        match current {
+            LinkMode::Cut => return,
+            LinkMode::Slow(delay) => tokio::time::sleep(delay).await,
+            LinkMode::Pass | LinkMode::Stall => {}
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -90,6 +90,9 @@ pub struct Stack {
     pub grace: Duration,
     /// Both services on mutual TLS, when set.
     pub tls: Option<StackTls>,
+    /// The proxy session-service reaches interaction-server through, when set: a test cuts,
+    /// stalls or slows it.
+    pub link: Option<ixn_proto::testing::Link>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -138,15 +141,24 @@ impl Stack {
     }
 
     pub async fn start_with(platform: PlatformConfig) -> Stack {
-        Self::start_configured(platform, None).await
+        Self::start_configured(platform, None, false).await
     }
 
     /// Both services on mutual TLS.
     pub async fn start_tls(tls: StackTls) -> Stack {
-        Self::start_configured(platform(), Some(tls)).await
+        Self::start_configured(platform(), Some(tls), false).await
     }
 
-    async fn start_configured(platform: PlatformConfig, tls: Option<StackTls>) -> Stack {
+    /// session-service reaches interaction-server through a [`ixn_proto::testing::Link`].
+    pub async fn start_linked() -> Stack {
+        Self::start_configured(platform(), None, true).await
+    }
+
+    async fn start_configured(
+        platform: PlatformConfig,
+        tls: Option<StackTls>,
+        linked: bool,
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let mut stack = Stack {
             clock: ManualClock::starting_now(),
@@ -158,9 +170,13 @@ impl Stack {
             ixn_addr: "127.0.0.1:0".parse().unwrap(),
             grace: Duration::from_secs(60),
             tls,
+            link: None,
             _dir: Some(dir),
         };
         stack.start_interaction_server().await;
+        if linked {
+            stack.link = Some(ixn_proto::testing::Link::start(stack.ixn_addr).await);
+        }
         stack.start_session_service().await;
         stack
     }
@@ -224,7 +240,10 @@ impl Stack {
             data_dir: self.session_dir.clone(),
             database_url: database_url(&self.session_dir).await,
             secrets: vec![secret()],
-            interaction_server: format!("{scheme}://{}", self.ixn_addr),
+            interaction_server: format!(
+                "{scheme}://{}",
+                self.link.as_ref().map_or(self.ixn_addr, |link| link.addr)
+            ),
             interaction_server_tls,
             clock: Clock::Manual(self.clock.clone()),
             connection_lost_grace: self.grace,
