@@ -658,6 +658,16 @@ impl Stream {
     }
 }
 
+/// The events a whole logout emits on the session's stream: a Not Ready change for each of `ready`
+/// channels, then each of `channels` deactivated and disposed, the group, the session.
+pub fn logout_kinds(ready: usize, channels: usize) -> Vec<&'static str> {
+    let mut kinds = vec!["AgentStateChanged"; ready];
+    kinds.extend(std::iter::repeat_n("ChannelDeactivated", channels));
+    kinds.extend(std::iter::repeat_n("ChannelDisposed", channels));
+    kinds.extend(["ChannelGroupDisposed", "SessionDisposed"]);
+    kinds
+}
+
 pub fn kind_of(e: &Event) -> &'static str {
     ixn_proto::event::kind(e.body.as_ref().unwrap())
 }
