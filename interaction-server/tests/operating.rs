@@ -56,6 +56,9 @@ fn a_bad_setting_exits_64_naming_it_wherever_it_came_from() {
         output(binary(BIN).args(["--rate-limit-per-s", "10", "--rate-limit-burst", "0"]));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--rate-limit-burst"), "{err}");
+    let (code, _, err) = output(binary(BIN).args(["--rate-limit-burst", "10"]));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("needs --rate-limit-per-s"), "{err}");
 
     // TLS: a certificate needs its key, and both must be usable.
     let cert = dir.path().join("server.pem");

@@ -12,6 +12,7 @@ use common::*;
 use interaction_server::clock::ManualClock;
 use ixn_proto::auth::RateLimit;
 use ixn_proto::error::{Failure, Reason as R};
+use ixn_proto::interaction::GetPlatformRequest;
 use ixn_proto::testing::{Issued, Pki};
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -121,6 +122,16 @@ async fn a_caller_over_its_rate_is_refused_with_rate_limited_and_nothing_changes
     let failure = Failure::from_status(&refused).unwrap();
     assert_eq!(failure.reason, R::RateLimited);
     assert_eq!(failure.metadata["retry_after_ms"], "1000");
+
+    // session-service's identity, which calls for every agent, is not limited.
+    let mut service = server.client(Who::service()).await;
+    for _ in 0..5 {
+        service
+            .agents
+            .get_platform(GetPlatformRequest {})
+            .await
+            .unwrap();
+    }
 
     // Another caller has an allowance of its own.
     let last = other.submit("q", "chat").await.unwrap();

@@ -138,11 +138,20 @@ pub fn micros(ts: &prost_types::Timestamp) -> Micros {
     ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1_000
 }
 
-/// The clock that rate limits are counted on: the service's own, so that a test moves it.
+/// The clock that rate limits are counted on: the service's own, so that a test moves it. The
+/// system's is read monotonically (time since the process's first reading): a wall clock stepped
+/// back would otherwise refuse every recent caller until it caught up.
 impl governor::clock::Clock for Clock {
     type Instant = governor::nanos::Nanos;
 
     fn now(&self) -> governor::nanos::Nanos {
-        governor::nanos::Nanos::from(Clock::now(self).max(0) as u64 * 1_000)
+        match self {
+            Clock::System => {
+                static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+                let start = *START.get_or_init(std::time::Instant::now);
+                governor::nanos::Nanos::from(start.elapsed())
+            }
+            Clock::Manual(m) => governor::nanos::Nanos::from(m.now().max(0) as u64 * 1_000),
+        }
     }
 }

@@ -176,6 +176,9 @@ impl TransportArgs {
     /// its setting.
     pub fn transport(&self) -> Result<Transport, String> {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        if self.rate_limit_per_s == 0 && self.rate_limit_burst.is_some() {
+            return Err("--rate-limit-burst needs --rate-limit-per-s".into());
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 let identity =

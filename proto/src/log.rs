@@ -273,6 +273,8 @@ pub fn stream(clock: Clock, patience: Duration) -> (Inlet, Outlet) {
             clock,
             patience,
             sent: None,
+            draining: None,
+            expires: Micros::MAX,
         },
         Outlet {
             rx,
@@ -285,20 +287,29 @@ pub fn stream(clock: Clock, patience: Duration) -> (Inlet, Outlet) {
 #[derive(Debug)]
 pub struct Inlet {
     tx: mpsc::Sender<Event>,
-    end: Option<oneshot::Sender<Status>>,
+    /// How the stream ends once what is buffered is read: with a status, or OK (`None`).
+    end: Option<oneshot::Sender<Option<Status>>>,
     clock: Clock,
     patience: Duration,
     /// The sequence of the last event put in the buffer.
     sent: Option<u64>,
+    /// While waiting for room, a drain or the token's expiry ends the stream as they always do.
+    draining: Option<watch::Receiver<bool>>,
+    expires: Micros,
 }
 
 /// Why an event could not be sent: the stream is over.
 #[derive(Debug)]
 pub struct Gone;
 
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; resume from the last sequence")
+}
+
 impl Inlet {
     /// Buffers one event, waiting for room for at most the patience. A reader that is gone, or
-    /// that let the buffer stay full that long (the stream is then cut), is `Gone`.
+    /// that let the buffer stay full that long (the stream is then cut), is `Gone`; so is one whose
+    /// wait a drain or its token's expiry ended.
     pub async fn send(&mut self, sequence: u64, event: Event) -> Result<(), Gone> {
         let event = match self.tx.try_send(event) {
             Ok(()) => {
@@ -309,23 +320,43 @@ impl Inlet {
             Err(mpsc::error::TrySendError::Full(event)) => event,
         };
         let deadline = self.clock.now() + self.patience.as_micros() as Micros;
-        tokio::select! {
+        let draining = async {
+            match self.draining.as_mut() {
+                Some(d) => {
+                    let _ = d.wait_for(|d| *d).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
             sent = self.tx.send(event) => {
                 sent.map_err(|_| Gone)?;
                 self.sent = Some(sequence);
-                Ok(())
+                return Ok(());
             }
-            () = self.clock.sleep_until(deadline) => {
-                self.cut();
-                Err(Gone)
-            }
+            () = self.clock.sleep_until(deadline) => None,
+            () = draining => Some(shutting_down()),
+            () = self.clock.sleep_until(self.expires) => Some(expired(sequence - 1)),
+        };
+        match ended {
+            Some(status) => self.end(status),
+            None => self.cut(),
         }
+        Err(Gone)
     }
 
     /// Ends the stream with `status`, after what is buffered; never waits for the reader.
     pub fn end(&mut self, status: Status) {
         if let Some(end) = self.end.take() {
-            let _ = end.send(status);
+            let _ = end.send(Some(status));
+        }
+    }
+
+    /// Ends the stream with OK, after what is buffered (a disposed session's `Connect`). A feeder
+    /// that stops without ending its stream so ends it with UNAVAILABLE: a client resumes.
+    pub fn finish(&mut self) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(None);
         }
     }
 
@@ -354,7 +385,7 @@ impl Inlet {
 #[derive(Debug)]
 pub struct Outlet {
     rx: mpsc::Receiver<Event>,
-    end: Option<oneshot::Receiver<Status>>,
+    end: Option<oneshot::Receiver<Option<Status>>>,
 }
 
 impl futures::Stream for Outlet {
@@ -366,7 +397,12 @@ impl futures::Stream for Outlet {
         }
         // The feeder is gone, and with it the sender of this: it is ready.
         let ended = match self.end.as_mut() {
-            Some(end) => std::task::ready!(Pin::new(end).poll(cx)).ok(),
+            Some(end) => match std::task::ready!(Pin::new(end).poll(cx)) {
+                Ok(status) => status,
+                Err(_) => Some(Status::unavailable(
+                    "the stream stopped; resume from the last sequence",
+                )),
+            },
             None => None,
         };
         self.end = None;
@@ -391,13 +427,13 @@ where
         expires,
         mut draining,
     } = feed;
+    tx.draining = Some(draining.clone());
+    tx.expires = expires;
     let mut head = log.watch_head();
     let place = log.follower(after);
     loop {
         if *draining.borrow() {
-            tx.end(Status::unavailable(
-                "the server is shutting down; resume from the last sequence",
-            ));
+            tx.end(shutting_down());
             return;
         }
         let known = *head.borrow_and_update();
@@ -432,7 +468,7 @@ where
         );
         let delivered = async {
             for entry in entries {
-                if clock.now() >= expires {
+                if clock.now() >= expires || *draining.borrow() {
                     break;
                 }
                 after = entry.sequence;
@@ -441,6 +477,7 @@ where
                         return false;
                     }
                     if ends_after(&entry) {
+                        tx.finish();
                         return false;
                     }
                 }

@@ -98,10 +98,16 @@ impl Cli {
             return Ok(None);
         }
         let mut tls = match &self.interaction_server_ca {
-            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(
-                ca,
-                "--interaction-server-ca",
-            )?)),
+            Some(ca) => {
+                let pem = read_pem(ca, "--interaction-server-ca")?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!(
+                        "{} (--interaction-server-ca) holds no PEM certificate",
+                        ca.display()
+                    ));
+                }
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
             None => ClientTlsConfig::new().with_native_roots(),
         };
         if let (Some(cert), Some(key)) =
@@ -112,6 +118,15 @@ impl Cli {
                 read_pem(key, "--interaction-server-key")?,
             ));
         }
+        // The certificates and the key are parsed here, not at the first call.
+        tonic::transport::Endpoint::from_shared(self.interaction_server.clone())
+            .and_then(|endpoint| endpoint.tls_config(tls.clone()))
+            .map_err(|e| {
+                format!(
+                    "--interaction-server-ca, --interaction-server-cert or --interaction-server-key \
+                     cannot be used: {e}"
+                )
+            })?;
         Ok(Some(tls))
     }
 }

@@ -43,6 +43,15 @@ fn a_bad_setting_exits_64_naming_it() {
     );
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("(--interaction-server-ca)"), "{err}");
+    std::fs::write(&file, "not a certificate").unwrap();
+    let (code, _, err) = output(
+        binary(BIN, SECRET)
+            .args(["--interaction-server", "https://127.0.0.1:1"])
+            .arg("--interaction-server-ca")
+            .arg(&file),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("holds no PEM certificate"), "{err}");
 
     let (code, _, err) = output(binary(BIN, SECRET).env("IXN_SESSION_LISTEN", "here"));
     assert_eq!(code, Some(64), "{err}");

@@ -412,6 +412,20 @@ class Desktop:
     def saw(self, interaction_id):
         return about(self.saw_all(), interaction_id)
 
+    def saw_through(self, wanted, interaction_id):
+        """What the agent's streams show of `interaction_id` once its `wanted` event has come.
+        session-service relays that event independently of the agent's own changes, so it is waited
+        for first; the fence after it then proves that nothing else came."""
+
+        def is_wanted(e):
+            return kind(e) == wanted and interaction_of(e) == interaction_id
+
+        found = [bus.up_to(is_wanted) for bus in self.buses]
+        if len({event.event_id for _, event in found}) != 1:
+            raise Difference(f"the agent's streams disagree on the {wanted}: {found}")
+        before, event = found[0]
+        return about(before + [event] + self.saw_all(), interaction_id)
+
 
 def settle(cast, desktop):
     """Reads every party up to a fence, so that what a flow's setup caused is not counted as the
@@ -462,7 +476,7 @@ def stop_a(cast, desktop):
     settle(cast, desktop)
     ack = cast.stop(interaction_id, "media_server")
     seen = cast.observers()
-    agent = desktop.saw(interaction_id)
+    agent = desktop.saw_through("Revoked", interaction_id)
     expect("the agent (owner)", [describe(e) for e in agent], [f"Revoked→{cast.agent_party()}"])
     check_relayed(agent)
     expect("the router", views(seen["router"], interaction_id, only_directed=True), [])
@@ -491,8 +505,8 @@ def stop_c(cast, desktop):
     settle(cast, desktop)
     ack = cast.stop(interaction_id, "agent")
     seen = cast.observers()
-    # The requester's Revoked comes on every stream of the agent: saw_all compares both.
-    agent = desktop.saw(interaction_id)
+    # The requester's Revoked comes on every stream of the agent: saw_through compares both.
+    agent = desktop.saw_through("Revoked", interaction_id)
     want = [f"Revoked→{cast.agent_party()}"]
     expect("the agent (requester, owner)", [describe(e) for e in agent], want)
     check_relayed(agent)
