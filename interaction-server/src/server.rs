@@ -108,9 +108,8 @@ pub async fn serve(
         head = engine.log.head(),
         "interaction-server serving"
     );
-    let clock = options.clock.clone();
-    let auth = Authenticator::new(Verifier::new(&options.secrets), move || clock.now_secs())
-        .limiting(options.transport.rate_limit, options.clock.clone());
+    let auth = Authenticator::new(Verifier::new(&options.secrets), options.clock.clone())
+        .limiting(options.transport.rate_limit);
 
     if let Some(listener) = options.metrics {
         let handle = measure::install().map_err(ServeError::Metrics)?;

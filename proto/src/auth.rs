@@ -303,8 +303,8 @@ impl Identity {
 #[derive(Clone)]
 pub struct Authenticator {
     verifier: std::sync::Arc<Verifier>,
-    /// Seconds since the epoch, from the service's (injectable) clock.
-    now: std::sync::Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// The service's (injectable) clock: token expiry and rate limits are checked on it.
+    clock: crate::clock::Clock,
     /// The calls each caller may make, if limited.
     limiter: Option<std::sync::Arc<Limiter>>,
 }
@@ -337,24 +337,20 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(verifier: Verifier, now: impl Fn() -> i64 + Send + Sync + 'static) -> Authenticator {
+    pub fn new(verifier: Verifier, clock: crate::clock::Clock) -> Authenticator {
         Authenticator {
             verifier: std::sync::Arc::new(verifier),
-            now: std::sync::Arc::new(now),
+            clock,
             limiter: None,
         }
     }
 
-    /// Limits each caller's calls on `clock`; a caller over its limit is refused with
+    /// Limits each caller's calls on the service's clock; a caller over its limit is refused with
     /// `RATE_LIMITED` before anything else is done. Call from within the runtime.
-    pub fn limiting(
-        mut self,
-        limit: Option<RateLimit>,
-        clock: crate::clock::Clock,
-    ) -> Authenticator {
+    pub fn limiting(mut self, limit: Option<RateLimit>) -> Authenticator {
         let Some(limit) = limit else { return self };
         let quota = governor::Quota::per_second(limit.per_second).allow_burst(limit.burst);
-        let limiter = std::sync::Arc::new(Limiter::dashmap_with_clock(quota, clock));
+        let limiter = std::sync::Arc::new(Limiter::dashmap_with_clock(quota, self.clock.clone()));
         let weak = std::sync::Arc::downgrade(&limiter);
         tokio::spawn(async move {
             loop {
@@ -413,7 +409,7 @@ impl Authenticator {
             .ok_or_else(|| invalid("authorization must be `Bearer <token>`"))?;
         let claims = self
             .verifier
-            .verify(token.trim(), (self.now)())
+            .verify(token.trim(), self.clock.now_secs())
             .map_err(|e| match e {
                 TokenError::Invalid => invalid("the token is not valid"),
                 TokenError::Expired => Failure::new(
@@ -441,7 +437,7 @@ impl Authenticator {
 
     /// The seconds-since-epoch clock this authenticator checks expiry with.
     pub fn now(&self) -> i64 {
-        (self.now)()
+        self.clock.now_secs()
     }
 }
 

@@ -185,11 +185,8 @@ pub async fn serve(
             .connections
             .disconnected(api.inner.clone(), &session_id);
     }
-    let auth_clock = clock.clone();
-    let auth = Authenticator::new(Verifier::new(&options.secrets), move || {
-        auth_clock.now_secs()
-    })
-    .limiting(options.transport.rate_limit, clock.clone());
+    let auth = Authenticator::new(Verifier::new(&options.secrets), clock.clone())
+        .limiting(options.transport.rate_limit);
     let events = Events::new(log, clock.clone(), draining);
     let routes = Routes::new(InterceptedService::new(
         SessionServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES),
