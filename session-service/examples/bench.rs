@@ -75,9 +75,11 @@
 //! interactions and 100 subscribers. `--only echo,stop,…` runs some cases (for working on the
 //! harness; the other keys are `null`).
 
+mod support;
+
 use hdrhistogram::Histogram;
 use ixn_proto::auth::{self, Claims, Role, Secret};
-use ixn_proto::common::{Party, Reason};
+use ixn_proto::common::Party;
 use ixn_proto::error::Failure;
 use ixn_proto::events::event::Body;
 use ixn_proto::events::event_service_client::EventServiceClient;
@@ -96,6 +98,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{free_port, reason, rid};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -827,14 +830,7 @@ impl Ctx {
 
     /// A connection to the benchmark's PostgreSQL.
     async fn postgres(&self) -> Result<tokio_postgres::Client, String> {
-        let url = self.database_url.as_deref().ok_or("no PostgreSQL")?;
-        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))?;
-        tokio::spawn(connection);
-        Ok(client)
+        support::postgres(self.database_url.as_deref().ok_or("no PostgreSQL")?).await
     }
 
     /// A fresh schema for a server on `dir`, and the URL that selects it.
@@ -957,12 +953,6 @@ fn echo_server(addr: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn free_port() -> Result<SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))
 }
 
 /// A server in a child process; stopped (SIGTERM, then SIGKILL) when dropped.
@@ -1321,17 +1311,6 @@ where
 
 // ------------------------------------------------------------------------------------------------
 // Calls
-
-fn rid() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn reason(code: &str) -> Option<Reason> {
-    Some(Reason {
-        code: code.into(),
-        ..Default::default()
-    })
-}
 
 fn authed<T>(message: T, token: &Token) -> Request<T> {
     let mut request = Request::new(message);

@@ -7,6 +7,8 @@
 //! What a party "saw" of a flow is read up to a fence — an event the party is sure to see, caused
 //! after the flow — so a missing event and an extra one are both caught.
 
+mod support;
+
 use ixn_proto::auth::{self, Claims, Role, Secret};
 use ixn_proto::common::Reason;
 use ixn_proto::error::{Failure, Reason as R};
@@ -18,121 +20,19 @@ use ixn_proto::session::session_service_client::SessionServiceClient;
 use ixn_proto::session::{self as ss, Session};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
-use tonic::service::interceptor::InterceptedService;
+use support::{Authed, Bearer, Service, Services, reason, rid};
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-type Authed = InterceptedService<Channel, Bearer>;
-
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
-fn rid() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn reason(code: &str) -> Option<Reason> {
-    Some(Reason {
-        code: code.into(),
-        ..Default::default()
-    })
-}
-
-/// The two running services.
-struct Services {
-    bin_dir: PathBuf,
-    dir: PathBuf,
-    secret: String,
-    ixn_addr: SocketAddr,
-    session_addr: SocketAddr,
-    ixn: Option<Child>,
-    sessions: Option<Child>,
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
 impl Services {
-    fn start_interaction_server(&mut self) {
-        let log = std::fs::File::create(self.dir.join("interaction-server.log")).expect("log file");
-        let child = Command::new(self.bin_dir.join("interaction-server"))
-            .args(["--listen", &self.ixn_addr.to_string(), "--data-dir"])
-            .arg(self.dir.join("interaction-server"))
-            .arg("--config")
-            .arg(self.dir.join("platform.toml"))
-            .env("IXN_JWT_SECRET", &self.secret)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("interaction-server starts");
-        self.ixn = Some(child);
-    }
-
-    fn stop_interaction_server(&mut self) {
-        if let Some(mut child) = self.ixn.take() {
-            terminate(&mut child);
-        }
-    }
-
-    fn start_session_service(&mut self) {
-        let log = std::fs::File::create(self.dir.join("session-service.log")).expect("log file");
-        let child = Command::new(self.bin_dir.join("session-service"))
-            .args(["--listen", &self.session_addr.to_string(), "--data-dir"])
-            .arg(self.dir.join("session-service"))
-            .args(["--interaction-server", &format!("http://{}", self.ixn_addr)])
-            .env("IXN_JWT_SECRET", &self.secret)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("session-service starts");
-        self.sessions = Some(child);
-    }
-
     fn channel(addr: SocketAddr) -> Channel {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("url")
             .connect_lazy()
-    }
-
-    /// Waits until a service's health check answers SERVING.
-    async fn healthy(addr: SocketAddr) {
-        use tonic_health::pb::health_client::HealthClient;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let mut client = HealthClient::new(Self::channel(addr));
-            let answer = client
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await;
-            if answer.is_ok_and(|r| r.into_inner().status == 1) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{addr} did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     fn token(&self, role: Role, sub: &str, agent: Option<&str>) -> Bearer {
@@ -173,17 +73,6 @@ impl Services {
             Self::channel(self.session_addr),
             self.token(Role::Agent, agent, Some(agent)),
         )
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for child in [self.sessions.as_mut(), self.ixn.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            terminate(child);
-        }
     }
 }
 
@@ -778,7 +667,7 @@ async fn play(svc: &mut Services, report: &mut Report) -> Result<(), Status> {
         report.flow(title);
         let name = if ready { "a3" } else { "a4" };
         let mut agent = Agent::login(svc, name, ready).await?;
-        svc.stop_interaction_server();
+        svc.stop(Service::Interactions);
         println!("  {:<28} interaction-server stopped", "");
         let request_id = rid();
         let answer = agent
@@ -803,8 +692,9 @@ async fn play(svc: &mut Services, report: &mut Report) -> Result<(), Status> {
             Ok(format!("{:?}", session.state())),
             "Active",
         );
-        svc.start_interaction_server();
-        Services::healthy(svc.ixn_addr).await;
+        if let Err(e) = svc.start(Service::Interactions).await {
+            return Err(Status::unavailable(e));
+        }
         println!(
             "  {:<28} interaction-server restarted; the MediaBar retries",
             ""
@@ -833,23 +723,19 @@ async fn main() -> ExitCode {
         "[platform]\nlogout_reason_required = true\ndefault_capacity = 5\n",
     )
     .expect("platform configuration");
-    let mut svc = Services {
-        bin_dir,
-        dir: dir.path().to_owned(),
-        secret: format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        ),
-        ixn_addr: free_port(),
-        session_addr: free_port(),
-        ixn: None,
-        sessions: None,
+    let mut svc = match Services::new(bin_dir, dir.path()) {
+        Ok(svc) => svc,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    svc.start_interaction_server();
-    svc.start_session_service();
-    Services::healthy(svc.ixn_addr).await;
-    Services::healthy(svc.session_addr).await;
+    for service in [Service::Interactions, Service::Sessions] {
+        if let Err(e) = svc.start(service).await {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     println!(
         "interaction-server on {}, session-service on {}, data in {}",
         svc.ixn_addr,

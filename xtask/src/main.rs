@@ -8,6 +8,10 @@
 //! - `bench [--quick]`: builds the release binaries and runs the benchmark harness
 //!   (`session-service/examples/bench.rs`) against them; writes `target/bench/report.json` and
 //!   `target/bench/report.md`. `--quick` is the short run for CI, so the harness never rots.
+//! - `crash-test [--cycles N] [--seed S] [--release]`: runs both services under a mixed load, kills
+//!   them with SIGKILL at random moments and checks after each restart that no acknowledged change
+//!   is lost and the logs have no gap and no duplicate (`session-service/examples/crash_test.rs`).
+//!   Debug builds unless `--release`.
 //! - `deploy-check`: renders the Kubernetes overlays and validates everything under `deploy/`
 //!   (manifests against the Kubernetes schemas, YAML lint, the collector configuration, the
 //!   dashboard) with pinned Python tools in a virtualenv under `target/`; see [`deploy_check`].
@@ -30,10 +34,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("crash-test") => crash_test(&args[1..]),
         Some("deploy-check") => deploy_check::deploy_check(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|demo|ci|bench|deploy-check>\n  up            run both services on the embedded default (SQLite in data/)\n  demo          play every seed flow against both services; fails on any difference\n  ci            formatting, lints and every test, as CI runs them\n  bench         [--quick] measure both services (release builds); report in target/bench/\n  deploy-check  [--renderer auto|kustomize|kubectl|builtin] render and validate deploy/"
+                "usage: cargo xtask <up|demo|ci|bench|deploy-check>\n  up            run both services on the embedded default (SQLite in data/)\n  demo          play every seed flow against both services; fails on any difference\n  ci            formatting, lints and every test, as CI runs them\n  bench         [--quick] measure both services (release builds); report in target/bench/\n  crash-test    [--cycles N] [--seed S] [--release] kill both services under load, N times; check nothing is lost\n  deploy-check  [--renderer auto|kustomize|kubectl|builtin] render and validate deploy/"
             );
             return ExitCode::from(2);
         }
@@ -121,6 +126,30 @@ fn bench(args: &[String]) -> Result<(), String> {
     run(cmd
         .args(args)
         .env("IXN_BENCH_BIN_DIR", target.join("release")))
+}
+
+/// The crash test against the debug binaries (release with `--release`); other arguments go to
+/// the harness.
+fn crash_test(args: &[String]) -> Result<(), String> {
+    let release = args.iter().any(|a| a == "--release");
+    build_services(release)?;
+    let profile = if release { "release" } else { "debug" };
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "session-service",
+        "--example",
+        "crash_test",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd
+        .arg("--")
+        .args(args.iter().filter(|a| *a != "--release"))
+        .env("IXN_CRASH_BIN_DIR", target_dir().join(profile)))
 }
 
 /// Builds both services' binaries.
