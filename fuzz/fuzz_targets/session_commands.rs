@@ -163,6 +163,12 @@ enum Failed {
     Partway,
 }
 
+/// Per media: (active, Ready).
+type Told = BTreeMap<String, (bool, bool)>;
+
+/// A channel operation's change to its session, made once the switch has agreed.
+type Change = Box<dyn FnOnce(&mut Session) -> Emitted>;
+
 struct Model {
     switch: World,
     view: View,
@@ -172,8 +178,8 @@ struct Model {
     disposed: HashMap<String, Session>,
     /// Commits per session since its creation.
     commits: HashMap<String, u64>,
-    /// Per session, per media: (active, Ready) as its events tell it; `None` once disposed.
-    told: HashMap<String, Option<BTreeMap<String, (bool, bool)>>>,
+    /// Per session, its channels as its events tell them; `None` once disposed.
+    told: HashMap<String, Option<Told>>,
     /// How far the relay has followed the switch's log.
     relayed: usize,
     last_id: u128,
@@ -552,7 +558,7 @@ impl Model {
         let mut s = self.session_for(who, n).ok_or(Failed::Refused)?;
         let actor = Self::actor(who, &s);
         let refused = |_| Failed::Refused;
-        let (command, change): (Command, Box<dyn FnOnce(&mut Session) -> Emitted>) = match op {
+        let (command, change): (Command, Change) = match op {
             Op::SetReady { media, .. } => {
                 let media = pick(MEDIA, *media).to_owned();
                 let c = domain::channel(&s, &media).map_err(refused)?;
@@ -833,7 +839,7 @@ impl Model {
             match &self.told[id] {
                 None => assert_eq!(s.state(), SessionState::Disposed),
                 Some(told) => {
-                    let actual: BTreeMap<String, (bool, bool)> = channels
+                    let actual: Told = channels
                         .iter()
                         .map(|c| (c.media_type.clone(), (c.active, domain::is_ready(c))))
                         .collect();
