@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// The most entries a filter may list.
-const MAX_FILTER_ENTRIES: usize = 100;
+pub const MAX_FILTER_ENTRIES: usize = 100;
 
 /// The event stream service.
 #[derive(Clone, Debug)]
@@ -98,7 +98,9 @@ impl EventService for Events {
     }
 }
 
-fn check_filter(filter: &EventFilter) -> Result<(), Failure> {
+/// Checks a `Subscribe` filter's arguments: at most [`MAX_FILTER_ENTRIES`] kinds, each a known
+/// kind, and as many interaction ids, each a UUID.
+pub fn check_filter(filter: &EventFilter) -> Result<(), Failure> {
     if filter.kinds.len() > MAX_FILTER_ENTRIES {
         return Err(Failure::invalid_argument("filter.kinds", "too many kinds"));
     }
