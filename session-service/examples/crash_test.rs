@@ -1,6 +1,7 @@
-//! `cargo xtask crash-test [--cycles N] [--seed S]`: both services (the built binaries, named by
-//! `IXN_CRASH_BIN_DIR`) on a fresh data directory, under a mixed load, killed with SIGKILL at random
-//! moments and restarted; after every kill it checks that nothing acknowledged was lost, nothing
+//! `cargo xtask crash-test [--cycles N] [--seed S] [--release] [--database-url URL]`: both services
+//! (the built binaries, named by `IXN_CRASH_BIN_DIR`) on a fresh data directory (or, with
+//! `--database-url`, a fresh schema each on that PostgreSQL), under a mixed load, killed with
+//! SIGKILL at random moments and restarted; after every kill it checks that nothing acknowledged was lost, nothing
 //! was applied twice and each log, followed across the kills, has no gap and no duplicate.
 //!
 //! The load, each part a task of its own:
