@@ -9,7 +9,7 @@
 
 use interaction_server::domain::{
     Agent, AgentKey, Caller, Command, Ctx, Decision, DomainError, Interaction, Phase, Platform,
-    Reply, State, decide,
+    Reply, State, decide, invariants,
 };
 use ixn_proto::auth::Role;
 use ixn_proto::clock::Micros;
@@ -17,7 +17,7 @@ use ixn_proto::common::Party;
 use ixn_proto::event::{interaction_id, is_reporting};
 use ixn_proto::events::{self as ev, event::Body};
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// 2023-11-14T22:13:20Z, in microseconds.
@@ -317,16 +317,6 @@ impl World {
             let n = agent_events.get(key).copied().unwrap_or(0);
             assert_eq!(a.version, was + n, "version of {key:?}");
         }
-        if matches!(command, Command::ExpireInvites) {
-            for i in self.state.interactions.values() {
-                if let Some(invite) = &i.invite {
-                    assert!(
-                        invite.expires > self.now,
-                        "an expired invite survived the timer"
-                    );
-                }
-            }
-        }
     }
 
     /// The state's invariants, after every command (refused or not). Stopped interactions are
@@ -351,120 +341,29 @@ impl World {
             assert!(!self.state.interactions.contains_key(&id));
         }
         let state = &self.state;
-
-        let mut holding: BTreeMap<AgentKey, BTreeMap<Uuid, String>> = BTreeMap::new();
-        let mut queues: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut deadlines: Vec<Micros> = Vec::new();
-        for (id, i) in &state.interactions {
-            assert_eq!(*id, i.id);
+        for id in state.interactions.keys() {
             assert!(!self.stopped.contains_key(id), "{id} left STOPPED");
-            // Phase, owner and invite agree; at most one processor owns it.
-            let router = i.owner.as_ref().and_then(Party::router_id).is_some();
-            let agent = i.owner.as_ref().and_then(Party::agent_id).is_some();
-            let consistent = match i.phase {
-                Phase::Queued => i.owner.is_none() && i.invite.is_none(),
-                Phase::Routing => router && i.invite.is_none(),
-                Phase::Invited => router && i.invite.is_some(),
-                Phase::Handling => agent && i.invite.is_none(),
-                Phase::Stopped => false,
-            };
-            assert!(
-                consistent,
-                "{:?} owned by {:?}, invite {:?}",
-                i.phase, i.owner, i.invite
-            );
-            for agent_id in i.holders() {
-                holding
-                    .entry(AgentKey::new(&i.tenant, agent_id))
-                    .or_default()
-                    .insert(*id, i.media_type.clone());
-            }
-            if i.phase == Phase::Queued {
-                queues.insert((i.tenant.clone(), i.queue.clone()));
-            }
-            if let Some(invite) = &i.invite {
-                deadlines.push(invite.expires);
-            }
         }
-
-        // Each queue lists exactly its QUEUED interactions, first in first out.
-        for tenant in crate::pick::TENANTS {
-            for queue in crate::pick::QUEUES.iter().chain(&[""]) {
-                let listed: Vec<Uuid> = state.queued(tenant, queue).map(|i| i.id).collect();
-                let mut expected: Vec<&Interaction> = state
-                    .interactions
-                    .values()
-                    .filter(|i| {
-                        i.phase == Phase::Queued && i.tenant == *tenant && i.queue == *queue
-                    })
-                    .collect();
-                expected.sort_by_key(|i| i.queued_seq);
-                let expected: Vec<Uuid> = expected.iter().map(|i| i.id).collect();
-                assert_eq!(listed, expected, "queue {tenant}/{queue}");
-            }
-        }
-        assert_eq!(state.next_deadline(), deadlines.iter().min().copied());
-
-        // What each agent holds is what the interactions say; only logged-in agents hold
-        // anything; capacity is respected by everything but an agent's own Submit.
-        for key in holding.keys() {
-            assert!(
-                state.agents.contains_key(key),
-                "{key:?} holds but is unknown"
-            );
-        }
-        let nothing = BTreeMap::new();
-        for (key, a) in &state.agents {
-            assert_eq!((&a.tenant, &a.agent_id), (&key.tenant, &key.agent_id));
-            let expected = holding.get(key).unwrap_or(&nothing);
-            assert_eq!(&a.holding, expected, "holding of {key:?}");
-            if !a.logged_in {
-                assert!(
-                    a.holding.is_empty(),
-                    "logged-out {key:?} holds {:?}",
-                    a.holding
-                );
-                assert!(a.media.is_empty(), "logged-out {key:?} has media");
-            }
-            for media in a.holding.values().collect::<BTreeSet<_>>() {
-                let load = a.load(media);
-                let was = before.agents.get(key).map_or(0, |a| a.load(media));
-                if load > self.platform.capacity(media) && load > was {
-                    let own_submit = caller.role == Role::Agent
-                        && caller.tenant == key.tenant
-                        && caller.agent() == key.agent_id
-                        && matches!(command, Command::Submit { media_type, .. } if media_type == media);
-                    assert!(
-                        own_submit,
-                        "{key:?} over capacity on {media} after {command:?}"
-                    );
-                }
-            }
-            for (media, m) in &a.media {
-                assert!(self.platform.knows_media(media));
-                // A Ready media carries no reason; a Not Ready one always has one.
-                assert_eq!(m.ready, m.reason.is_none(), "{key:?} on {media}: {m:?}");
-            }
-        }
-
-        // Nothing of another tenant changes (the timer alone works across tenants).
-        if !matches!(command, Command::ExpireInvites) {
-            let others = |s: &State| {
-                let interactions: BTreeMap<Uuid, Interaction> = s
-                    .interactions
+        // The stopped ones are in the store alone, so the queues named are checked as well.
+        let queues: Vec<(&str, &str)> = crate::pick::TENANTS
+            .iter()
+            .flat_map(|t| {
+                crate::pick::QUEUES
                     .iter()
-                    .filter(|(_, i)| i.tenant != caller.tenant)
-                    .map(|(id, i)| (*id, i.clone()))
-                    .collect();
-                let agents: BTreeMap<AgentKey, Agent> = s
-                    .agents
-                    .iter()
-                    .filter(|(k, _)| k.tenant != caller.tenant)
-                    .map(|(k, a)| (k.clone(), a.clone()))
-                    .collect();
-                (interactions, agents)
-            };
-            assert!(others(before) == others(state), "another tenant changed");
+                    .chain(&[""])
+                    .map(move |q| (*t, *q))
+            })
+            .collect();
+        if let Err(broken) = invariants::check(
+            &self.platform,
+            before,
+            state,
+            caller,
+            command,
+            self.now,
+            &queues,
+        ) {
+            panic!("{broken}");
         }
 
         // The log replays to the live state (stopped interactions aside, which the store keeps).

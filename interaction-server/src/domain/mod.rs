@@ -10,6 +10,7 @@
 //! entitlement → state. (Token, role and argument checks happen before, in the API layer.)
 
 mod error;
+pub mod invariants;
 mod platform;
 mod state;
 

@@ -2414,144 +2414,24 @@ fn check_invariants(
     stopped: &mut HashSet<Uuid>,
 ) -> Result<(), TestCaseError> {
     let state = &w.state;
-    let mut expected_holding: BTreeMap<AgentKey, BTreeMap<Uuid, String>> = BTreeMap::new();
-    let mut queues: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut deadlines: Vec<Micros> = Vec::new();
-
-    for (id, i) in &state.interactions {
-        prop_assert_eq!(*id, i.id);
-        // Phase, owner and invite agree.
-        let owner_is_router = i.owner.as_ref().and_then(Party::router_id).is_some();
-        let owner_is_agent = i.owner.as_ref().and_then(Party::agent_id).is_some();
-        let consistent = match i.phase {
-            Phase::Queued | Phase::Stopped => i.owner.is_none() && i.invite.is_none(),
-            Phase::Routing => owner_is_router && i.invite.is_none(),
-            Phase::Invited => owner_is_router && i.invite.is_some(),
-            Phase::Handling => owner_is_agent && i.invite.is_none(),
-        };
-        prop_assert!(
-            consistent,
-            "{:?} owned by {:?}, invite {:?}",
-            i.phase,
-            i.owner,
-            i.invite
-        );
-        // STOPPED is terminal.
-        if i.phase == Phase::Stopped {
-            stopped.insert(*id);
-        }
-        let holders = i
-            .owner
-            .as_ref()
-            .and_then(Party::agent_id)
-            .into_iter()
-            .chain(i.invite.as_ref().map(|inv| inv.agent.agent_id.as_str()));
-        for agent_id in holders {
-            expected_holding
-                .entry(AgentKey::new(&i.tenant, agent_id))
-                .or_default()
-                .insert(*id, i.media_type.clone());
-        }
-        if i.phase == Phase::Queued {
-            queues.insert((i.tenant.clone(), i.queue.clone()));
-        }
-        if let Some(invite) = &i.invite {
-            deadlines.push(invite.expires);
-            if matches!(command, Command::ExpireInvites) {
-                prop_assert!(
-                    invite.expires > w.now,
-                    "an expired invite survived the timer"
-                );
-            }
-        }
-    }
+    let queues: Vec<(&str, &str)> = [T1, T2]
+        .iter()
+        .flat_map(|t| QUEUES.iter().map(move |q| (*t, *q)))
+        .collect();
+    invariants::check(&w.platform, before, state, caller, command, w.now, &queues)
+        .map_err(TestCaseError::fail)?;
+    // STOPPED is terminal.
     for id in stopped.iter() {
         let phase = state.interactions.get(id).map(|i| i.phase);
         prop_assert_eq!(phase, Some(Phase::Stopped), "{} left STOPPED", id);
     }
-
-    // Each queue holds exactly its QUEUED interactions, oldest first.
-    for (tenant, queue) in &queues {
-        let listed: Vec<&Interaction> = state.queued(tenant, queue).collect();
-        let mut expected: Vec<&Interaction> = state
+    stopped.extend(
+        state
             .interactions
             .values()
-            .filter(|i| i.phase == Phase::Queued && &i.tenant == tenant && &i.queue == queue)
-            .collect();
-        expected.sort_by_key(|i| i.queued_seq);
-        let listed: Vec<Uuid> = listed.iter().map(|i| i.id).collect();
-        let expected: Vec<Uuid> = expected.iter().map(|i| i.id).collect();
-        prop_assert_eq!(listed, expected, "queue {}/{}", tenant, queue);
-    }
-    for tenant in [T1, T2] {
-        for queue in QUEUES {
-            if !queues.contains(&(tenant.to_owned(), queue.to_owned())) {
-                prop_assert_eq!(state.queued(tenant, queue).count(), 0);
-            }
-        }
-    }
-    prop_assert_eq!(state.next_deadline(), deadlines.iter().min().copied());
-
-    // Holdings, logged-out agents, capacity.
-    let nothing = BTreeMap::new();
-    for key in expected_holding.keys() {
-        prop_assert!(
-            state.agents.contains_key(key),
-            "{:?} holds but is unknown",
-            key
-        );
-    }
-    for (key, a) in &state.agents {
-        let expected = expected_holding.get(key).unwrap_or(&nothing);
-        prop_assert_eq!(&a.holding, expected, "holding of {:?}", key);
-        if !a.logged_in {
-            prop_assert!(
-                a.holding.is_empty(),
-                "logged-out {:?} holds {:?}",
-                key,
-                a.holding
-            );
-        }
-        for media in a.holding.values().collect::<BTreeSet<_>>() {
-            let load = a.load(media);
-            let load_before = before.agents.get(key).map_or(0, |a| a.load(media));
-            if load > w.platform.capacity(media) && load > load_before {
-                let own_submit = caller.role == Role::Agent
-                    && caller.tenant == key.tenant
-                    && caller.agent() == key.agent_id
-                    && matches!(command, Command::Submit { media_type, .. } if media_type == media);
-                prop_assert!(
-                    own_submit,
-                    "{:?} holds {} {} over capacity after {:?} by {:?}",
-                    key,
-                    load,
-                    media,
-                    command,
-                    caller
-                );
-            }
-        }
-    }
-
-    // Nothing of another tenant changes (the timer alone spans tenants).
-    if !matches!(command, Command::ExpireInvites) {
-        let others = |s: &State| {
-            let interactions: BTreeMap<Uuid, Interaction> = s
-                .interactions
-                .iter()
-                .filter(|(_, i)| i.tenant != caller.tenant)
-                .map(|(id, i)| (*id, i.clone()))
-                .collect();
-            let agents: BTreeMap<AgentKey, Agent> = s
-                .agents
-                .iter()
-                .filter(|(k, _)| k.tenant != caller.tenant)
-                .map(|(k, a)| (k.clone(), a.clone()))
-                .collect();
-            (interactions, agents)
-        };
-        prop_assert!(others(before) == others(state), "another tenant changed");
-    }
+            .filter(|i| i.phase == Phase::Stopped)
+            .map(|i| i.id),
+    );
 
     // The log replays to the same state.
     prop_assert_eq!(&w.replayed(), state, "the log does not replay");
