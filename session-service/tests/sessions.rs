@@ -20,7 +20,9 @@ use ixn_proto::events::event::Body;
 use ixn_proto::events::event_service_client::EventServiceClient;
 use ixn_proto::events::{Event, EventFilter, SubscribeRequest};
 use ixn_proto::interaction::agent_service_client::AgentServiceClient;
-use ixn_proto::interaction::{Agent, AgentMedia, GetAgentRequest};
+use ixn_proto::interaction::{
+    AddMediaRequest, Agent, AgentLoginRequest, AgentMedia, GetAgentRequest,
+};
 use ixn_proto::session::session_service_client::SessionServiceClient;
 use ixn_proto::session::{
     ActivateChannelRequest, Channel as SessionChannel, ConnectRequest, DeactivateChannelRequest,
@@ -288,6 +290,57 @@ async fn login_creates_the_session_its_channels_and_logs_in_at_the_switch() {
         other => panic!("{other:?}"),
     }
     stack.stop().await;
+}
+
+/// An agent left logged in at the switch with no session (a login that stopped half-way) is taken
+/// over by the next Login, which leaves the switch with the media that Login asked for and no
+/// other Ready one: a medium it did not name is removed, or, on a platform that cannot deactivate
+/// channels, made Not Ready. Otherwise the switch would offer the agent work of a medium the
+/// session has no channel for.
+#[tokio::test]
+async fn a_login_taking_over_the_agent_leaves_no_media_it_did_not_ask_for() {
+    for deactivation in [true, false] {
+        let stack = Stack::start_with(interaction_server::domain::PlatformConfig {
+            channel_deactivation_supported: Some(deactivation),
+            ..platform()
+        })
+        .await;
+        let mut sw = switch(&stack);
+        sw.login(AgentLoginRequest {
+            request_id: rid(),
+            agent_id: "a1".into(),
+            place_id: "p0".into(),
+        })
+        .await
+        .unwrap();
+        for (media, ready) in [("voice", true), ("chat", false)] {
+            sw.add_media(AddMediaRequest {
+                request_id: rid(),
+                agent_id: "a1".into(),
+                media_type: media.into(),
+                ready,
+                reason: None,
+            })
+            .await
+            .unwrap();
+        }
+
+        let session = stack.desktop("a1").login(&["chat"], true).await.unwrap();
+        assert_eq!(channel(&session, "chat").state(), AgentState::Ready);
+        let agent = at_switch(&stack, "a1").await;
+        assert!(agent.logged_in);
+        let chat = switch_media(&agent, "chat").expect("chat stays");
+        assert_eq!(chat.state(), AgentState::Ready, "{deactivation}");
+        match switch_media(&agent, "voice") {
+            None => assert!(deactivation, "voice is removed only where it can be"),
+            Some(voice) => {
+                assert!(!deactivation, "voice must go: {agent:?}");
+                assert_eq!(voice.state(), AgentState::NotReady);
+                assert_eq!(code_of(&voice.reason), DEFAULT_REASON);
+            }
+        }
+        stack.stop().await;
+    }
 }
 
 #[tokio::test]

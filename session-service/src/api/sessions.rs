@@ -278,6 +278,44 @@ impl SessionService for Api {
             };
             result.map_err(switch_error)?;
         }
+        // Media the taken-over agent has but this login did not ask for get no channel here: they
+        // go (or, where channels cannot be deactivated, stop being Ready), so the switch offers the
+        // agent nothing the session cannot show.
+        let strays = adopted
+            .iter()
+            .flat_map(|a| &a.media)
+            .filter(|m| !r.media_types.contains(&m.media_type));
+        for stray in strays {
+            let media = &stray.media_type;
+            let result = if platform.channel_deactivation_supported {
+                switch
+                    .remove_media(
+                        &tenant,
+                        key.derive(&format!("remove/{media}")),
+                        &agent_id,
+                        media,
+                        &trace,
+                    )
+                    .await
+            } else if stray.state() == AgentState::Ready {
+                switch
+                    .set_not_ready(
+                        &tenant,
+                        key.derive(&format!("not-ready/{media}")),
+                        &agent_id,
+                        media,
+                        platform
+                            .default_not_ready_reason
+                            .clone()
+                            .unwrap_or_default(),
+                        &trace,
+                    )
+                    .await
+            } else {
+                continue;
+            };
+            result.map_err(switch_error)?;
+        }
         let default_reason = platform.default_not_ready_reason.clone();
         let session = Session {
             session_id: Uuid::now_v7().to_string(),
