@@ -496,20 +496,15 @@ impl<S: Store> Writer<S> {
                 core.fold_foreign(entries)?;
             }
         }
-        tx.prefetch_requests(
-            batch
-                .iter()
-                .filter_map(|job| match job {
-                    Job::Execute(s, _) if !s.request_id.is_empty() => Some((
-                        s.caller.tenant.clone(),
-                        s.caller.sub.clone(),
-                        s.command.name().to_owned(),
-                        s.request_id.clone(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-        )?;
+        tx.prefetch_requests(&mut batch.iter().filter_map(|job| match job {
+            Job::Execute(s, _) if !s.request_id.is_empty() => Some((
+                s.caller.tenant.clone(),
+                s.caller.sub.clone(),
+                s.command.name().to_owned(),
+                s.request_id.clone(),
+            )),
+            _ => None,
+        }))?;
         core.apply(&mut tx, batch, now, out)?;
         if now - self.last_prune > PRUNE_EVERY_US {
             tx.prune_requests(now - REQUEST_RETENTION_US)?;

@@ -125,7 +125,17 @@ pub fn mint(secret: &Secret, claims: &Claims) -> String {
 pub struct Verifier {
     keys: Vec<(Option<String>, DecodingKey)>,
     validation: Validation,
+    /// Tokens whose signature and claims checked out, with their claims: a client sends the same
+    /// token on every call, and checking it again costs more than the rest of a small call. Only
+    /// the time is checked on every call. Bounded (S3-FIFO eviction), and only short tokens go in.
+    verified: std::sync::Arc<quick_cache::sync::Cache<String, Claims>>,
 }
+
+/// How many verified tokens are remembered.
+const VERIFIED_TOKENS: usize = 16_384;
+/// The longest token remembered (a JWT of this service's claims is about 300 bytes), which bounds
+/// the cache's memory.
+const MAX_REMEMBERED_TOKEN: usize = 1_024;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,11 +158,30 @@ impl Verifier {
                 .map(|s| (s.kid.clone(), DecodingKey::from_secret(&s.bytes)))
                 .collect(),
             validation,
+            verified: std::sync::Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
         }
     }
 
     /// Verifies `token` at `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let claims = match self.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.check(token)?;
+                if token.len() <= MAX_REMEMBERED_TOKEN {
+                    self.verified.insert(token.to_owned(), claims.clone());
+                }
+                claims
+            }
+        };
+        if now >= claims.exp || claims.nbf.is_some_and(|nbf| now < nbf) {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Checks everything about `token` but the time: the signature and the claims.
+    fn check(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Invalid);
@@ -177,9 +206,6 @@ impl Verifier {
         }
         if claims.role == Role::Agent && claims.agent_id.as_deref().is_none_or(str::is_empty) {
             return Err(TokenError::Invalid);
-        }
-        if now >= claims.exp || claims.nbf.is_some_and(|nbf| now < nbf) {
-            return Err(TokenError::Expired);
         }
         Ok(claims)
     }
@@ -212,9 +238,28 @@ mod tests {
         let mut claims = Claims::new(Role::Router, "r1", "t1", 1_000, 60);
         claims.nbf = Some(1_030);
         let verifier = Verifier::new(std::slice::from_ref(&s));
+        let token = mint(&s, &claims);
+        assert_eq!(verifier.verify(&token, 1_010), Err(TokenError::Expired));
+        // The remembered token is still checked against the time of each call.
+        assert_eq!(verifier.verify(&token, 1_030), Ok(claims.clone()));
+        assert_eq!(verifier.verify(&token, 1_060), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_remembered_token_vouches_for_no_other() {
+        let s = secret(None, b"s3cret");
+        let claims = Claims::new(Role::Agent, "u1", "t1", 1_000, 60).with_agent_id("a1");
+        let token = mint(&s, &claims);
+        let verifier = Verifier::new(std::slice::from_ref(&s));
+        assert_eq!(verifier.verify(&token, 1_010), Ok(claims));
+        // The same claims under a broken signature, and the token with a byte more.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert_eq!(verifier.verify(&forged, 1_010), Err(TokenError::Invalid));
         assert_eq!(
-            verifier.verify(&mint(&s, &claims), 1_010),
-            Err(TokenError::Expired)
+            verifier.verify(&format!("{token}x"), 1_010),
+            Err(TokenError::Invalid)
         );
     }
 

@@ -37,6 +37,29 @@ pub struct LogEntry {
 /// How many recent events stay in memory for live subscribers.
 pub const RING_CAPACITY: usize = 16_384;
 
+/// Frees entries that left the ring on a thread of its own. An entry is a few dozen allocations
+/// that have long left the cache, and whoever publishes (a service's single writer) has better
+/// things to do than free them. Should that thread fall behind, the publisher frees them itself.
+fn discard(entries: Vec<Arc<LogEntry>>) {
+    static BIN: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Arc<LogEntry>>>>> =
+        std::sync::OnceLock::new();
+    if entries.is_empty() {
+        return;
+    }
+    let bin = BIN.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Arc<LogEntry>>>(64);
+        std::thread::Builder::new()
+            .name("log-discard".into())
+            .spawn(move || rx.iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(bin) = bin {
+        // Full (or gone): dropped here instead.
+        let _ = bin.try_send(entries);
+    }
+}
+
 #[derive(Debug)]
 pub struct Log {
     ring: RwLock<VecDeque<Arc<LogEntry>>>,
@@ -101,6 +124,7 @@ impl Log {
             return;
         };
         let mut last = head;
+        let mut evicted = Vec::new();
         {
             let mut ring = self.ring.write().expect("log ring");
             if first != head + 1 {
@@ -122,13 +146,14 @@ impl Log {
                 }
                 last = entry.sequence;
                 if ring.len() == RING_CAPACITY {
-                    ring.pop_front();
+                    evicted.extend(ring.pop_front());
                 }
                 ring.push_back(entry);
             }
         }
         crate::measure::events_appended(last - head);
         self.head.send_replace(last);
+        discard(evicted);
     }
 
     /// Registers an open stream that has read up to `after`.

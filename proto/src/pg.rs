@@ -602,7 +602,11 @@ impl crate::store::Batch for Batch<'_> {
             .block_on(read_events(self.tx.client(), after, limit))
     }
 
-    fn prefetch_requests(&mut self, keys: Vec<RequestKey>) -> Result<(), StoreError> {
+    fn prefetch_requests(
+        &mut self,
+        keys: &mut dyn Iterator<Item = RequestKey>,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<RequestKey> = keys.collect();
         if keys.is_empty() {
             return Ok(());
         }
@@ -647,7 +651,7 @@ impl crate::store::Batch for Batch<'_> {
             return Ok(Some(stored.clone()));
         }
         if !self.known.contains_key(&key) {
-            crate::store::Batch::prefetch_requests(self, vec![key.clone()])?;
+            crate::store::Batch::prefetch_requests(self, &mut std::iter::once(key.clone()))?;
         }
         Ok(self.known.get(&key).cloned().flatten())
     }

@@ -3,8 +3,9 @@
 //! One process owns a data directory (a lock file says so). Inside it, one writer connection commits
 //! each batch in one transaction (WAL, `synchronous=FULL`: an acknowledged change survives power
 //! loss), and read-only connections serve reads, which see only what is committed. Every service's
-//! database holds the same two tables besides its own: `events` (its log) and `requests` (outcomes of
-//! successful requests, for idempotent retries).
+//! database holds the same two tables besides its own: `events` (its log) and `request_outcomes`
+//! (outcomes of successful requests, for idempotent retries). Checkpoints run mostly on a thread of
+//! their own ([`Checkpoints`]).
 
 use crate::clock::Micros;
 use crate::log::LogEntry;
@@ -33,18 +34,20 @@ CREATE TABLE IF NOT EXISTS events (
     submitter TEXT,
     body BLOB NOT NULL
 );
--- Outcomes of successful mutating requests, kept at least 24 hours (AIP-155).
-CREATE TABLE IF NOT EXISTS requests (
+-- Outcomes of successful mutating requests, kept at least 24 hours (AIP-155). The request id
+-- leads the key: ids that grow with time (UUIDv7) are added at the end of the index, where a
+-- batch's outcomes share a few pages, instead of each under its caller somewhere else.
+CREATE TABLE IF NOT EXISTS request_outcomes (
+    request_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
     subject TEXT NOT NULL,
     method TEXT NOT NULL,
-    request_id TEXT NOT NULL,
     fingerprint BLOB NOT NULL,
     response BLOB NOT NULL,
     created_us INTEGER NOT NULL,
-    PRIMARY KEY (tenant, subject, method, request_id)
+    PRIMARY KEY (request_id, tenant, subject, method)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS requests_created ON requests (created_us);
+CREATE INDEX IF NOT EXISTS request_outcomes_created ON request_outcomes (created_us);
 ";
 
 /// The recorded outcome of a request, on any connection (the writer's transaction or a reader).
@@ -57,7 +60,7 @@ fn lookup_request(
 ) -> Result<Option<StoredRequest>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT fingerprint, response FROM requests
+            "SELECT fingerprint, response FROM request_outcomes
              WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
         )?
         .query_row(params![tenant, subject, method, request_id], |r| {
@@ -69,10 +72,69 @@ fn lookup_request(
         .optional()?)
 }
 
+/// How many pages the WAL holds before it is checkpointed into the database (SQLite's automatic
+/// checkpoint uses 1,000): fewer, larger checkpoints copy a page written by many commits once.
+const CHECKPOINT_PAGES: std::ffi::c_int = 4_000;
+
+/// Checkpoints, mostly off the writer. SQLite's automatic checkpoint copies the whole WAL into the
+/// database inside the commit that fills it; here a thread with a connection of its own does that
+/// copy (passive: it waits for no one) while the writer goes on committing. The WAL can only start
+/// over once every frame in it is copied, and the writer keeps adding frames during the copy, so
+/// when the thread is done the writer copies what it added meanwhile itself, between two batches
+/// (a short checkpoint), and its next transaction starts the WAL over.
+struct Checkpoints {
+    /// Wakes the thread; one pending wake-up is enough, as a checkpoint copies the whole WAL.
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Set by the thread when a copy is done, taken by the writer.
+    copied: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpoints {
+    /// Starts the thread for the database at `path`. It ends when `wake`'s sender is dropped.
+    fn start(path: &Path) -> Result<Checkpoints, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "busy_timeout", 5_000)?;
+        let (wake, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let copied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = copied.clone();
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    let outcome = checkpoint(&conn);
+                    // Wake-ups from commits made during the copy ask for nothing more: the writer
+                    // copies those frames itself, and a commit after that wakes the thread anew.
+                    while asked.try_recv().is_ok() {}
+                    match outcome {
+                        Ok((log, copied)) => {
+                            tracing::debug!(%name, log, copied, "checkpointed");
+                            done.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        Err(e) => tracing::warn!(%name, error = %e, "a checkpoint failed"),
+                    }
+                }
+            })?;
+        Ok(Checkpoints { wake, copied })
+    }
+}
+
+/// A passive checkpoint on `conn`: the WAL's frames and how many of them are in the database now.
+fn checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?)
+}
+
 /// The writer's connection to a service's database.
 pub struct Database {
     conn: Connection,
     path: PathBuf,
+    /// Set when the checkpoint thread has copied the WAL: the writer copies the rest.
+    copied: Arc<std::sync::atomic::AtomicBool>,
     /// The name of the fault point that fails this database's commits in tests.
     commit_point: String,
     /// Held for the life of the process: a second process on the same directory refuses to start.
@@ -102,12 +164,29 @@ impl Database {
             return Err(StoreError::Locked(data_dir.to_owned()));
         }
         let path = data_dir.join(file);
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: the WAL is synced at every commit, so an acknowledged change survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "busy_timeout", 5_000)?;
         conn.execute_batch(COMMON_SCHEMA)?;
+        // Outcomes recorded by a build that keyed them by caller first move to the new table.
+        let legacy: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+            [],
+            |r| r.get(0),
+        )?;
+        if legacy > 0 {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT OR IGNORE INTO request_outcomes
+                     (request_id, tenant, subject, method, fingerprint, response, created_us)
+                     SELECT request_id, tenant, subject, method, fingerprint, response, created_us
+                     FROM requests;
+                 DROP TABLE requests;
+                 COMMIT;",
+            )?;
+        }
         let found: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
@@ -129,7 +208,16 @@ impl Database {
             }
         }
         conn.execute_batch(schema)?;
+        // Replaces SQLite's automatic checkpoint, which would run inside the writer's commits.
+        let Checkpoints { wake, copied } = Checkpoints::start(&path)?;
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= CHECKPOINT_PAGES {
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        }))?;
         Ok(Database {
+            copied,
             conn,
             path,
             commit_point: format!("commit {file}"),
@@ -160,6 +248,16 @@ impl Database {
 
     /// Starts a batch's transaction.
     pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+        if self
+            .copied
+            .swap(false, std::sync::atomic::Ordering::Acquire)
+        {
+            // The checkpoint thread copied the WAL; what was committed since is copied here, with
+            // no commit in between, so that this transaction can start the WAL over.
+            if let Err(e) = checkpoint(&self.conn) {
+                tracing::warn!(path = %self.path.display(), error = %e, "a checkpoint failed");
+            }
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -215,7 +313,7 @@ impl Batch<'_> {
         now: Micros,
     ) -> Result<(), StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO requests (tenant, subject, method, request_id, fingerprint, response, created_us)
+            "INSERT INTO request_outcomes (tenant, subject, method, request_id, fingerprint, response, created_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         stmt.execute(params![
@@ -232,9 +330,10 @@ impl Batch<'_> {
 
     /// Forgets request outcomes recorded before `before`.
     pub fn prune_requests(&self, before: Micros) -> Result<usize, StoreError> {
-        Ok(self
-            .tx
-            .execute("DELETE FROM requests WHERE created_us < ?1", [before])?)
+        Ok(self.tx.execute(
+            "DELETE FROM request_outcomes WHERE created_us < ?1",
+            [before],
+        )?)
     }
 
     /// Appends one event to the log.
@@ -431,5 +530,82 @@ impl crate::store::Batch for Batch<'_> {
 
     fn commit(self) -> Result<(), StoreError> {
         Batch::commit(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outcomes recorded by a build that kept them in `requests` (keyed by caller first) are
+    /// still answered after the upgrade, from the new table.
+    #[test]
+    fn outcomes_in_the_old_table_move_to_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("t.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE requests (
+                    tenant TEXT NOT NULL, subject TEXT NOT NULL, method TEXT NOT NULL,
+                    request_id TEXT NOT NULL, fingerprint BLOB NOT NULL, response BLOB NOT NULL,
+                    created_us INTEGER NOT NULL,
+                    PRIMARY KEY (tenant, subject, method, request_id)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX requests_created ON requests (created_us);
+                 INSERT INTO requests VALUES ('t1', 'a1', 'Submit', 'r-1', x'01', x'0203', 5);",
+            )
+            .unwrap();
+        }
+        let mut db = Database::open(dir.path(), "t.db", "", 1).unwrap();
+        let tx = db.begin().unwrap();
+        let found = tx.request("t1", "a1", "Submit", "r-1").unwrap().unwrap();
+        assert_eq!(found.fingerprint, [1]);
+        assert_eq!(found.response, [2, 3]);
+        assert!(tx.request("t1", "a2", "Submit", "r-1").unwrap().is_none());
+        let left: i64 = tx
+            .tx()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('requests', 'requests_created')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// The WAL is checkpointed (off the writer) and reused: it stays near its checkpoint size
+    /// however much is written, and what was written is all there after a reopen.
+    #[test]
+    fn the_wal_is_checkpointed_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![7u8; 2_000];
+        let written: u64 = 400;
+        {
+            let mut db = Database::open(dir.path(), "t.db", "", 1).unwrap();
+            for batch in 0..written {
+                let tx = db.begin().unwrap();
+                for i in 0..100 {
+                    tx.tx()
+                        .execute(
+                            "INSERT INTO events (sequence, tenant, kind, reporting, recipients, body)
+                             VALUES (?1, 't', 'k', 0, '', ?2)",
+                            params![(batch * 100 + i + 1) as i64, body],
+                        )
+                        .unwrap();
+                }
+                tx.commit().unwrap();
+            }
+            // 40,000 rows of 2 kB: some 21,000 pages, five times what a checkpoint waits for. A
+            // WAL never started over would hold them all.
+            let wal = std::fs::metadata(dir.path().join("t.db-wal"))
+                .unwrap()
+                .len();
+            let pages = wal / 4_096;
+            let total = written * 100 * body.len() as u64 / 4_096;
+            assert!(pages < total / 2, "the WAL holds {pages} of {total} pages");
+            assert_eq!(db.head().unwrap(), written * 100);
+        }
+        let db = Database::open(dir.path(), "t.db", "", 1).unwrap();
+        assert_eq!(db.head().unwrap(), written * 100);
     }
 }

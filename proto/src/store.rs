@@ -95,8 +95,11 @@ pub trait Batch {
 
     /// Reads ahead the recorded outcomes of the batch's requests (tenant, subject, method,
     /// request id), so that [`Batch::request`] need not ask the store for each; a store whose
-    /// lookups are local may ignore it.
-    fn prefetch_requests(&mut self, _keys: Vec<RequestKey>) -> Result<(), StoreError> {
+    /// lookups are local ignores it (and never builds the keys).
+    fn prefetch_requests(
+        &mut self,
+        _keys: &mut dyn Iterator<Item = RequestKey>,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 

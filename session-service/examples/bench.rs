@@ -71,6 +71,11 @@
 //!   of its own, dropped at the end): `null` when none is given. `pg_stop_p99_ratio_1m_vs_1k` is not
 //!   measured (the large store is seeded straight into SQLite's file).
 //!
+//! `…_server_cpu_us…` (extra) — the CPU time (user and system, from `/proc/<pid>/stat`) the server
+//! process used during a measured window, per successful call (per lifecycle for
+//! `lifecycle_server_cpu_us`): for the echo, StopProcessing at c64 and the lifecycle. On a machine
+//! shared with other work the rates move from run to run; the CPU a call costs moves much less.
+//!
 //! `--quick` runs each timed case for 1 s and uses 1,000 sessions, 10,000 stored and 10,000 live
 //! interactions and 100 subscribers. `--only echo,stop,…` runs some cases (for working on the
 //! harness; the other keys are `null`).
@@ -216,6 +221,13 @@ const KEYS: &[(&str, Goal, &str)] = &[
 
 /// Figures beyond the keys that explain them.
 const EXTRA_KEYS: &[(&str, &str)] = &[
+    // CPU time (user and system) of the server process per successful call (per lifecycle for
+    // `lifecycle_…`), during the measured window: steadier than a rate on a shared machine.
+    ("baseline_echo_server_cpu_us", "µs"),
+    ("stop_server_cpu_us_c64", "µs"),
+    ("lifecycle_server_cpu_us", "µs"),
+    ("pg_stop_server_cpu_us_c64", "µs"),
+    ("pg_lifecycle_server_cpu_us", "µs"),
     ("lifecycle_p99_ms", "ms"),
     ("event_delivery_after_ack_p50_ms", "ms"),
     ("event_delivery_after_ack_p99_ms", "ms"),
@@ -1016,6 +1028,17 @@ impl Proc {
         }
     }
 
+    /// The CPU time (user and system) the process has used, from `/proc/<pid>/stat`.
+    fn cpu(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// The resident set size, from `/proc/<pid>/status`.
     fn rss(&self) -> Result<u64, String> {
         let path = format!("/proc/{}/status", self.child.id());
@@ -1100,11 +1123,19 @@ struct Run {
     used: u64,
     /// Whether the items ran out before the time did.
     exhausted: bool,
+    /// The CPU time the server process used during the run, when it was watched.
+    server_cpu: Option<Duration>,
 }
 
 impl Run {
     fn per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The server's CPU time per successful call, µs (when the run watched the server).
+    fn server_cpu_us(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64)
     }
 
     fn ms(&self, quantile: f64) -> f64 {
@@ -1258,6 +1289,7 @@ where
         latency: histogram(),
         used: 0,
         exhausted: false,
+        server_cpu: None,
     };
     while let Some(done) = tasks.join_next().await {
         let (latency, ok, failed, errors) = done.expect("a load task panicked");
@@ -1274,9 +1306,11 @@ where
     run
 }
 
-/// A warm-up (not kept) and then the measured window, over the same items.
+/// A warm-up (not kept) and then the measured window, over the same items. With a `server`, the
+/// CPU time that process used during the window is kept too.
 async fn warm_and_measure<F, Fut>(
     plan: &Plan,
+    server: Option<&Proc>,
     channels: &[Channel],
     concurrency: usize,
     items: u64,
@@ -1299,14 +1333,19 @@ where
         .await
     };
     let base = warm.used;
-    drive(
+    let cpu_before = server.and_then(Proc::cpu);
+    let mut run = drive(
         channels,
         concurrency,
         Some(plan.window),
         items.saturating_sub(base),
         move |c, i| op(c, base + i),
     )
-    .await
+    .await;
+    if let (Some(before), Some(after)) = (cpu_before, server.and_then(Proc::cpu)) {
+        run.server_cpu = Some(after.saturating_sub(before));
+    }
+    run
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1482,18 +1521,28 @@ fn needed(plan: &Plan, rate: f64) -> usize {
 async fn echo_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     let mut server = ctx.echo_server().await?;
     let channels = connect(server.addr, 4).await?;
-    let run = warm_and_measure(&ctx.plan, &channels, 64, u64::MAX, |ch, _| async move {
-        HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|s| status_text("Health.Check", &s))
-    })
+    let run = warm_and_measure(
+        &ctx.plan,
+        Some(&server),
+        &channels,
+        64,
+        u64::MAX,
+        |ch, _| async move {
+            HealthClient::new(ch)
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| status_text("Health.Check", &s))
+        },
+    )
     .await;
     println!("   c64 over 4 connections: {}", run.summary());
     server.alive()?;
     report.failed_calls("echo", &run);
     report.set("baseline_echo_rps", run.per_sec());
+    if let Some(cpu) = run.server_cpu_us() {
+        report.set("baseline_echo_server_cpu_us", cpu);
+    }
     Ok(())
 }
 
@@ -1557,6 +1606,7 @@ async fn stop_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
         let conns = &channels[..c.min(4)];
         let run = warm_and_measure(
             plan,
+            Some(&server),
             conns,
             c,
             items.len() as u64,
@@ -1580,6 +1630,9 @@ async fn stop_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
         if c == 64 {
             report.set(&ctx.key("stop_p50_ms_c64"), run.ms(0.5));
             report.set(&ctx.key("stop_p99_ms_c64"), run.ms(0.99));
+            if let Some(cpu) = run.server_cpu_us() {
+                report.set(&ctx.key("stop_server_cpu_us_c64"), cpu);
+            }
         }
         // Later windows: the probe's rate, or more if this machine did better at a lower
         // concurrency (higher ones are usually faster still).
@@ -1803,16 +1856,26 @@ async fn lifecycle_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
 
     // Throughput: 64 lifecycles at a time.
     let c = cast.clone();
-    let run = warm_and_measure(plan, &channels, 64, u64::MAX, move |ch, n| {
-        let cast = c.clone();
-        async move { lifecycle(ch, &cast, n).await }
-    })
+    let run = warm_and_measure(
+        plan,
+        Some(&server),
+        &channels,
+        64,
+        u64::MAX,
+        move |ch, n| {
+            let cast = c.clone();
+            async move { lifecycle(ch, &cast, n).await }
+        },
+    )
     .await;
     println!("   c64 lifecycles over 4 connections: {}", run.summary());
     server.alive()?;
     report.failed_calls("lifecycle", &run);
     let max_rate = run.per_sec();
     report.set(&ctx.key("lifecycle_per_s"), max_rate);
+    if let Some(cpu) = run.server_cpu_us() {
+        report.set(&ctx.key("lifecycle_server_cpu_us"), cpu);
+    }
     if !ctx.prefix.is_empty() {
         // On PostgreSQL only the throughput is reported.
         return Ok(());
@@ -2184,7 +2247,15 @@ async fn sessions_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
         (after as f64 - middle as f64) / (halves.1 - halves.0).max(1) as f64,
     );
 
-    let run = warm_and_measure(plan, &channels, 64, desktops.len(), logout_op(desktops)).await;
+    let run = warm_and_measure(
+        plan,
+        None,
+        &channels,
+        64,
+        desktops.len(),
+        logout_op(desktops),
+    )
+    .await;
     println!("   logouts, c64 over 4 connections: {}", run.summary());
     svc.alive()?;
     ixn.alive()?;
@@ -2249,8 +2320,15 @@ async fn stored_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
             t.elapsed().as_secs_f64()
         );
         let items = pool.len() as u64;
-        let run =
-            warm_and_measure(plan, &channels, 64, items, stop_op(Arc::new(pool), agents)).await;
+        let run = warm_and_measure(
+            plan,
+            None,
+            &channels,
+            64,
+            items,
+            stop_op(Arc::new(pool), agents),
+        )
+        .await;
         println!("   {label}: c64 over 4 connections: {}", run.summary());
         server.alive()?;
         report.failed_calls(&format!("stop c64 over {label} stored"), &run);

@@ -152,7 +152,7 @@ impl Batch for PgTx<'_> {
 
     fn prefetch_requests(
         &mut self,
-        keys: Vec<ixn_proto::store::RequestKey>,
+        keys: &mut dyn Iterator<Item = ixn_proto::store::RequestKey>,
     ) -> Result<(), StoreError> {
         self.batch.prefetch_requests(keys)
     }
