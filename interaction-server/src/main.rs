@@ -9,6 +9,10 @@ use ixn_proto::trace;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let loaded =
         match settings::load::<Cli>(std::env::args_os().collect(), "config", config::FILE_TABLES) {

@@ -9,6 +9,10 @@ use session_service::server::{self, Options};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match settings::load::<Cli>(std::env::args_os().collect(), "config", &[]) {
         Ok(loaded) => loaded.cli,
