@@ -87,6 +87,8 @@ struct Checkpoints {
     wake: std::sync::mpsc::SyncSender<()>,
     /// Set by the thread when a copy is done, taken by the writer.
     copied: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread, joined when the database is closed.
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Checkpoints {
@@ -94,6 +96,8 @@ impl Checkpoints {
     fn start(path: &Path) -> Result<Checkpoints, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "busy_timeout", 5_000)?;
+        // A checkpoint syncs the database file before the WAL may be reused.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         let (wake, asked) = std::sync::mpsc::sync_channel::<()>(1);
         let copied = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = copied.clone();
@@ -101,7 +105,7 @@ impl Checkpoints {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
                 while asked.recv().is_ok() {
@@ -110,22 +114,43 @@ impl Checkpoints {
                     // copies those frames itself, and a commit after that wakes the thread anew.
                     while asked.try_recv().is_ok() {}
                     match outcome {
-                        Ok((log, copied)) => {
+                        Ok(Copy::Done { log, copied }) => {
                             tracing::debug!(%name, log, copied, "checkpointed");
                             done.store(true, std::sync::atomic::Ordering::Release);
                         }
+                        // Another checkpoint was running (the writer's): the next commit past
+                        // the threshold asks again.
+                        Ok(Copy::Busy) => {}
                         Err(e) => tracing::warn!(%name, error = %e, "a checkpoint failed"),
                     }
                 }
             })?;
-        Ok(Checkpoints { wake, copied })
+        Ok(Checkpoints {
+            wake,
+            copied,
+            thread,
+        })
     }
 }
 
-/// A passive checkpoint on `conn`: the WAL's frames and how many of them are in the database now.
-fn checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
+/// What a passive checkpoint did.
+enum Copy {
+    /// It ran: the WAL's frames, and how many of them are in the database now.
+    Done { log: i64, copied: i64 },
+    /// Another connection was checkpointing.
+    Busy,
+}
+
+/// A passive checkpoint on `conn`.
+fn checkpoint(conn: &Connection) -> Result<Copy, StoreError> {
     Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
+        Ok(match r.get::<_, i64>(0)? {
+            0 => Copy::Done {
+                log: r.get(1)?,
+                copied: r.get(2)?,
+            },
+            _ => Copy::Busy,
+        })
     })?)
 }
 
@@ -135,10 +160,26 @@ pub struct Database {
     path: PathBuf,
     /// Set when the checkpoint thread has copied the WAL: the writer copies the rest.
     copied: Arc<std::sync::atomic::AtomicBool>,
+    /// The checkpoint thread, which ends when the WAL hook (holding its wake-up sender) goes.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     /// The name of the fault point that fails this database's commits in tests.
     commit_point: String,
     /// Held for the life of the process: a second process on the same directory refuses to start.
     _lock: File,
+}
+
+impl Drop for Database {
+    /// The checkpoint thread is done with the file before the directory's lock is released, so
+    /// that whoever opens it next finds no connection of this process still on it.
+    fn drop(&mut self) {
+        // Dropping the hook drops the thread's wake-up sender, and the thread ends.
+        let _ = self.conn.wal_hook(
+            None::<fn(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()>>,
+        );
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -165,59 +206,68 @@ impl Database {
         }
         let path = data_dir.join(file);
         let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "busy_timeout", 5_000)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: the WAL is synced at every commit, so an acknowledged change survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "busy_timeout", 5_000)?;
         conn.execute_batch(COMMON_SCHEMA)?;
-        // Outcomes recorded by a build that keyed them by caller first move to the new table.
-        let legacy: i64 = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
-            [],
-            |r| r.get(0),
-        )?;
-        if legacy > 0 {
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 INSERT OR IGNORE INTO request_outcomes
-                     (request_id, tenant, subject, method, fingerprint, response, created_us)
-                     SELECT request_id, tenant, subject, method, fingerprint, response, created_us
-                     FROM requests;
-                 DROP TABLE requests;
-                 COMMIT;",
-            )?;
-        }
         let found: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
             })
             .optional()?;
-        match found {
-            Some(v) if v > version => {
-                return Err(StoreError::NewerSchema {
-                    found: v,
-                    known: version,
-                });
-            }
-            Some(_) => {}
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
-                    [version],
+        if let Some(v) = found
+            && v > version
+        {
+            return Err(StoreError::NewerSchema {
+                found: v,
+                known: version,
+            });
+        }
+        if found != Some(version) {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Outcomes recorded by a build that keyed them by caller first move to the new table.
+            let legacy: i64 = tx.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+                [],
+                |r| r.get(0),
+            )?;
+            if legacy > 0 {
+                tx.execute_batch(
+                    "INSERT OR IGNORE INTO request_outcomes
+                         (request_id, tenant, subject, method, fingerprint, response, created_us)
+                         SELECT request_id, tenant, subject, method, fingerprint, response, created_us
+                         FROM requests;
+                     DROP TABLE requests;",
                 )?;
             }
+            // A build that knows an older version refuses the file from now on.
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [version],
+            )?;
+            tx.commit()?;
         }
         conn.execute_batch(schema)?;
         // Replaces SQLite's automatic checkpoint, which would run inside the writer's commits.
-        let Checkpoints { wake, copied } = Checkpoints::start(&path)?;
-        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
-            if pages >= CHECKPOINT_PAGES {
-                let _ = wake.try_send(());
+        let Checkpoints {
+            wake,
+            copied,
+            thread,
+        } = Checkpoints::start(&path)?;
+        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= CHECKPOINT_PAGES
+                && let Err(std::sync::mpsc::TrySendError::Disconnected(())) = wake.try_send(())
+            {
+                // The thread is gone (it panicked): the writer checkpoints itself, as SQLite would.
+                wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE)?;
             }
             Ok(())
         }))?;
         Ok(Database {
             copied,
+            checkpointer: Some(thread),
             conn,
             path,
             commit_point: format!("commit {file}"),
@@ -538,7 +588,7 @@ mod tests {
     use super::*;
 
     /// Outcomes recorded by a build that kept them in `requests` (keyed by caller first) are
-    /// still answered after the upgrade, from the new table.
+    /// still answered after the upgrade, from the new table, and that build refuses the file now.
     #[test]
     fn outcomes_in_the_old_table_move_to_the_new_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -552,11 +602,13 @@ mod tests {
                     PRIMARY KEY (tenant, subject, method, request_id)
                  ) WITHOUT ROWID;
                  CREATE INDEX requests_created ON requests (created_us);
-                 INSERT INTO requests VALUES ('t1', 'a1', 'Submit', 'r-1', x'01', x'0203', 5);",
+                 INSERT INTO requests VALUES ('t1', 'a1', 'Submit', 'r-1', x'01', x'0203', 5);
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema', 1);",
             )
             .unwrap();
         }
-        let mut db = Database::open(dir.path(), "t.db", "", 1).unwrap();
+        let mut db = Database::open(dir.path(), "t.db", "", 2).unwrap();
         let tx = db.begin().unwrap();
         let found = tx.request("t1", "a1", "Submit", "r-1").unwrap().unwrap();
         assert_eq!(found.fingerprint, [1]);
@@ -571,10 +623,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, 0);
+        tx.commit().unwrap();
+        drop(db);
+        assert!(matches!(
+            Database::open(dir.path(), "t.db", "", 1),
+            Err(StoreError::NewerSchema { found: 2, known: 1 })
+        ));
+        let mut db = Database::open(dir.path(), "t.db", "", 2).unwrap();
+        let tx = db.begin().unwrap();
+        assert!(tx.request("t1", "a1", "Submit", "r-1").unwrap().is_some());
     }
 
     /// The WAL is checkpointed (off the writer) and reused: it stays near its checkpoint size
-    /// however much is written, and what was written is all there after a reopen.
+    /// however much is written, and what was written is all there after a reopen. Closing the
+    /// database waits for the checkpoint thread, so the writer's connection is the last one and
+    /// takes the WAL with it.
     #[test]
     fn the_wal_is_checkpointed_and_reused() {
         let dir = tempfile::tempdir().unwrap();
@@ -605,6 +668,7 @@ mod tests {
             assert!(pages < total / 2, "the WAL holds {pages} of {total} pages");
             assert_eq!(db.head().unwrap(), written * 100);
         }
+        assert!(!dir.path().join("t.db-wal").exists());
         let db = Database::open(dir.path(), "t.db", "", 1).unwrap();
         assert_eq!(db.head().unwrap(), written * 100);
     }

@@ -16,8 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The schema version this build writes; a database with a newer one is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes; a database with a newer one is refused. 2: request
+/// outcomes live in `request_outcomes`, keyed by request id first (`ixn_proto::sqlite`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 -- The current row of each interaction. Ids are UUIDv7, so inserts append to the index.

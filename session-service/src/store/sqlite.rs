@@ -12,7 +12,9 @@ use prost::Message;
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes; a database with a newer one is refused. 2: request
+/// outcomes live in `request_outcomes`, keyed by request id first (`ixn_proto::sqlite`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
