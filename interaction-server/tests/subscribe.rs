@@ -797,7 +797,9 @@ async fn a_subscriber_that_stops_reading_is_cut_with_a_bounded_buffer_and_resume
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut admin = server.client(Who::admin()).await;
-    let mut hung = server.client(Who::reporter()).await;
+    // Small windows: the transport is soon full, and then the feeder's wait on the full buffer is
+    // the last one before the cut (a transport still taking events would end each wait early).
+    let mut hung = server.client_with_small_windows(Who::reporter()).await;
     let mut stalled = hung.subscribe(0).await;
     // Another reader that keeps up, on its own connection.
     let mut reader = server.client(Who::reporter()).await;

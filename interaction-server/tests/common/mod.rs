@@ -133,6 +133,20 @@ impl TestServer {
         let token = party.token(self.clock.now() / 1_000_000, 3_600);
         Client::new(self.channel().await, party, token)
     }
+
+    /// A client for `party` whose connection takes in at most HTTP/2's initial 64 KiB before its
+    /// reader reads: a stream it stops reading fills the transport after a few events.
+    pub async fn client_with_small_windows(&self, party: Who) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+        let token = party.token(self.clock.now() / 1_000_000, 3_600);
+        Client::new(channel, party, token)
+    }
 }
 
 /// Who a client is.
