@@ -114,13 +114,13 @@ impl Checkpoints {
                     // copies those frames itself, and a commit after that wakes the thread anew.
                     while asked.try_recv().is_ok() {}
                     match outcome {
-                        Ok(Copy::Done { log, copied }) => {
+                        Ok(Checkpointed::Done { log, copied }) => {
                             tracing::debug!(%name, log, copied, "checkpointed");
                             done.store(true, std::sync::atomic::Ordering::Release);
                         }
                         // Another checkpoint was running (the writer's): the next commit past
                         // the threshold asks again.
-                        Ok(Copy::Busy) => {}
+                        Ok(Checkpointed::Busy) => {}
                         Err(e) => tracing::warn!(%name, error = %e, "a checkpoint failed"),
                     }
                 }
@@ -134,7 +134,7 @@ impl Checkpoints {
 }
 
 /// What a passive checkpoint did.
-enum Copy {
+enum Checkpointed {
     /// It ran: the WAL's frames, and how many of them are in the database now.
     Done { log: i64, copied: i64 },
     /// Another connection was checkpointing.
@@ -142,14 +142,14 @@ enum Copy {
 }
 
 /// A passive checkpoint on `conn`.
-fn checkpoint(conn: &Connection) -> Result<Copy, StoreError> {
+fn checkpoint(conn: &Connection) -> Result<Checkpointed, StoreError> {
     Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok(match r.get::<_, i64>(0)? {
-            0 => Copy::Done {
+            0 => Checkpointed::Done {
                 log: r.get(1)?,
                 copied: r.get(2)?,
             },
-            _ => Copy::Busy,
+            _ => Checkpointed::Busy,
         })
     })?)
 }
