@@ -120,30 +120,33 @@ impl TestServer {
         }
     }
 
+    fn endpoint(&self) -> tonic::transport::Endpoint {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr)).unwrap()
+    }
+
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        self.endpoint().connect().await.unwrap()
     }
 
     /// A client for `party`.
     pub async fn client(&self, party: Who) -> Client {
-        let token = party.token(self.clock.now() / 1_000_000, 3_600);
-        Client::new(self.channel().await, party, token)
+        self.client_on(self.channel().await, party)
     }
 
     /// A client for `party` whose connection takes in at most HTTP/2's initial 64 KiB before its
     /// reader reads: a stream it stops reading fills the transport after a few events.
     pub async fn client_with_small_windows(&self, party: Who) -> Client {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
+        let channel = self
+            .endpoint()
             .initial_stream_window_size(65_535)
             .initial_connection_window_size(65_535)
             .connect()
             .await
             .unwrap();
+        self.client_on(channel, party)
+    }
+
+    fn client_on(&self, channel: Channel, party: Who) -> Client {
         let token = party.token(self.clock.now() / 1_000_000, 3_600);
         Client::new(channel, party, token)
     }
