@@ -543,7 +543,9 @@ impl Core {
         }
     }
 
-    /// Folds one event into the state; says which rows it changed.
+    /// Folds one event into the state; says which rows it changed. An agent's row is its own state
+    /// (login, media, Ready / Not Ready): what it holds is read from the interactions' rows, so an
+    /// interaction changing hands rewrites no agent.
     fn fold(
         &mut self,
         id: Option<uuid::Uuid>,
@@ -555,20 +557,10 @@ impl Core {
         let before = id
             .and_then(|id| self.state.interactions.get(&id))
             .map(|i| i.version);
-        // The agents holding the interaction before and after: their loads change.
-        let mut holders = holders_of(&self.state, id);
         self.state.evolve(tenant, sequence, time, body);
-        holders.extend(holders_of(&self.state, id));
-        let mut agents: Vec<AgentKey> = holders
-            .iter()
-            .map(|a| AgentKey::new(tenant, a))
-            .chain(agents_named(tenant, body))
-            .collect();
-        agents.sort();
-        agents.dedup();
         Folded {
             interaction: id.map(|id| (id, before)),
-            agents,
+            agents: agents_named(tenant, body),
         }
     }
 
@@ -652,7 +644,7 @@ impl Core {
         for (key, expected) in out.agents.iter() {
             if let Some(agent) = self.state.agents.get(key) {
                 let version = self.agent_versions.get(key).copied().unwrap_or_default();
-                tx.save_agent(&agent.to_proto(&self.platform), *expected, version)?;
+                tx.save_agent(&agent.row(&self.platform), *expected, version)?;
             }
         }
         for id in std::mem::take(&mut out.loaded) {
@@ -789,14 +781,6 @@ fn interaction_of(body: &ixn_proto::events::event::Body) -> Option<uuid::Uuid> {
     ixn_proto::event::interaction_id(body).and_then(|i| i.parse().ok())
 }
 
-/// The agents holding an interaction.
-fn holders_of(state: &State, interaction: Option<Uuid>) -> Vec<String> {
-    interaction
-        .and_then(|id| state.interactions.get(&id))
-        .map(|i| i.holders().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
 /// The answer to a command whose events are applied; `sequence` is its last event's.
 fn answer(
     state: &State,
@@ -861,7 +845,7 @@ fn answer(
     }
 }
 
-/// The agents whose rows an event changes: those it names, and the holders of its interaction.
+/// The agents whose rows an event changes: those it names.
 fn agents_named(tenant: &str, body: &ixn_proto::events::event::Body) -> Vec<domain::AgentKey> {
     use ixn_proto::events::event::Body;
     let party = match body {

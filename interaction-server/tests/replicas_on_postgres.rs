@@ -364,7 +364,7 @@ mod replicas {
             Err(ServeError::Store(
                 e @ StoreError::NewerSchema {
                     found: 999,
-                    known: 1,
+                    known: 2,
                 },
             )) => {
                 let message = e.to_string();

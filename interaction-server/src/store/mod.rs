@@ -75,8 +75,9 @@ pub trait Tx: Batch {
         expected: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// Writes the agent's row at `version`; `expected` is the version the store must still have
-    /// (0: the row must not exist yet).
+    /// Writes the agent's row ([`crate::domain::Agent::row`]: what it holds is not in it) at
+    /// `version`; `expected` is the version the store must still have (0: the row must not exist
+    /// yet).
     fn save_agent(
         &mut self,
         agent: &pb::Agent,
@@ -131,7 +132,7 @@ impl Reads {
         }
     }
 
-    /// The agent's committed row.
+    /// The agent's committed row, with what it holds (read from the interactions' rows).
     pub async fn agent(
         &self,
         tenant: &str,
@@ -195,6 +196,45 @@ impl Columns {
     }
 }
 
+/// An agent as reads return it, from rows of one snapshot in order: its own row first if it has one
+/// (kind 0: an agent never seen has none), then each live interaction it owns or is invited to, in
+/// id order (kind 1), whose media say its loads. `None`: the agent was never seen and holds nothing.
+pub(crate) fn agent_from_rows(
+    tenant: &str,
+    agent_id: &str,
+    rows: impl IntoIterator<Item = (i64, Vec<u8>)>,
+) -> Result<Option<pb::Agent>, StoreError> {
+    let mut agent: Option<pb::Agent> = None;
+    let mut held = Vec::new();
+    for (kind, body) in rows {
+        if kind == 0 {
+            agent = Some(decode(&body)?);
+        } else {
+            let i: pb::Interaction = decode(&body)?;
+            let id = i
+                .interaction_id
+                .parse::<Uuid>()
+                .map_err(|_| StoreError::Corrupt(format!("interaction {}", i.interaction_id)))?;
+            held.push((id, i.media_type));
+        }
+    }
+    if agent.is_none() && held.is_empty() {
+        return Ok(None);
+    }
+    let mut agent = agent.unwrap_or_else(|| pb::Agent {
+        agent_id: agent_id.to_owned(),
+        tenant: tenant.to_owned(),
+        ..Default::default()
+    });
+    // Rows written before holdings were derived still list them: what the interactions say wins.
+    agent.interaction_ids.clear();
+    for media in &mut agent.media {
+        media.load = 0;
+    }
+    crate::domain::add_holdings(&mut agent, held.iter().map(|(id, m)| (*id, m.as_str())));
+    Ok(Some(agent))
+}
+
 pub(crate) fn decode_interaction(body: &[u8], queued_seq: u64) -> Result<Interaction, StoreError> {
     use prost::Message;
     let p = pb::Interaction::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -204,4 +244,74 @@ pub(crate) fn decode_interaction(body: &[u8], queued_seq: u64) -> Result<Interac
 
 pub(crate) fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, StoreError> {
     M::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn chat(load: u32) -> pb::AgentMedia {
+        pb::AgentMedia {
+            media_type: "chat".into(),
+            load,
+            capacity: 3,
+            ..Default::default()
+        }
+    }
+
+    fn held(id: Uuid, media: &str) -> (i64, Vec<u8>) {
+        let i = pb::Interaction {
+            interaction_id: id.to_string(),
+            media_type: media.into(),
+            ..Default::default()
+        };
+        (1, i.encode_to_vec())
+    }
+
+    /// A row written when agents' rows still listed their holdings says nothing that counts: the
+    /// interactions' rows do.
+    #[test]
+    fn what_an_agent_holds_comes_from_the_interactions_not_its_row() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let stale = pb::Agent {
+            agent_id: "a1".into(),
+            tenant: "t1".into(),
+            logged_in: true,
+            media: vec![chat(2)],
+            interaction_ids: vec![Uuid::now_v7().to_string(), a.to_string()],
+            version: 4,
+            ..Default::default()
+        };
+        let rows = vec![
+            (0, stale.encode_to_vec()),
+            held(a, "chat"),
+            held(b, "email"),
+        ];
+
+        let agent = agent_from_rows("t1", "a1", rows).unwrap().unwrap();
+
+        assert_eq!(agent.interaction_ids, [a.to_string(), b.to_string()]);
+        assert_eq!(agent.media, [chat(1)]);
+        assert_eq!((agent.logged_in, agent.version), (true, 4));
+    }
+
+    /// An agent with no row of its own (never logged in) still shows what it holds; one that has
+    /// neither was never seen.
+    #[test]
+    fn an_agent_without_a_row_holds_what_the_interactions_say() {
+        let a = Uuid::now_v7();
+
+        let agent = agent_from_rows("t1", "a1", [held(a, "chat")])
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(
+            (agent.tenant.as_str(), agent.agent_id.as_str()),
+            ("t1", "a1")
+        );
+        assert!(!agent.logged_in && agent.media.is_empty());
+        assert_eq!(agent.interaction_ids, [a.to_string()]);
+        assert_eq!(agent_from_rows("t1", "a1", []).unwrap(), None);
+    }
 }

@@ -495,7 +495,8 @@ pub(super) async fn list(pool: &Pool, q: &ListQuery) -> Result<Vec<pb::Interacti
     rows.iter().map(|r| decode(r.get(0))).collect()
 }
 
-/// The agent's committed row.
+/// The agent's committed row, with the live interactions it owns or is invited to, read in one
+/// statement (one snapshot).
 pub(super) async fn agent(
     pool: &Pool,
     tenant: &str,
@@ -503,8 +504,23 @@ pub(super) async fn agent(
 ) -> Result<Option<pb::Agent>, StoreError> {
     let client = pool.client().await?;
     let statement = client
-        .prepare_cached("SELECT body FROM agents WHERE tenant = $1 AND agent_id = $2")
+        .prepare_cached(
+            "SELECT 0, agent_id COLLATE \"C\", body FROM agents WHERE tenant = $1 AND agent_id = $2
+             UNION SELECT 1, id, body FROM interactions
+                 WHERE tenant = $1 AND state <> 5 AND owner = $3
+             UNION SELECT 1, id, body FROM interactions
+                 WHERE tenant = $1 AND state <> 5 AND invitee = $3 AND invitee <> ''
+             ORDER BY 1, 2",
+        )
         .await?;
-    let row = client.query_opt(&statement, &[&tenant, &agent_id]).await?;
-    row.map(|r| decode(r.get(0))).transpose()
+    let key = format!("a:{agent_id}");
+    let rows = client
+        .query(&statement, &[&tenant, &agent_id, &key])
+        .await?;
+    super::agent_from_rows(
+        tenant,
+        agent_id,
+        rows.iter()
+            .map(|r| (i64::from(r.get::<_, i32>(0)), r.get::<_, Vec<u8>>(2))),
+    )
 }

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The schema version this build writes; a database with a newer one is refused. 2: request
-/// outcomes live in `request_outcomes`, keyed by request id first (`ixn_proto::sqlite`).
-const SCHEMA_VERSION: i64 = 2;
+/// outcomes live in `request_outcomes`, keyed by request id first (`ixn_proto::sqlite`). 3: an
+/// agent's row no longer says what it holds; the interactions' rows do (`interactions_owned`,
+/// `interactions_invited`), so an older build would read every agent as holding nothing.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 -- The current row of each interaction. Ids are UUIDv7, so inserts append to the index.
@@ -34,8 +36,15 @@ CREATE TABLE IF NOT EXISTS interactions (
     version INTEGER NOT NULL,
     body BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS interactions_live ON interactions (state) WHERE state <> 5;
 CREATE INDEX IF NOT EXISTS interactions_tenant ON interactions (tenant, id);
+-- What each agent holds: the live interactions it owns, and those it is invited to. The first also
+-- finds the live state at start. (They replace `interactions_live`, on the state alone.)
+DROP INDEX IF EXISTS interactions_live;
+CREATE INDEX IF NOT EXISTS interactions_owned ON interactions (tenant, owner) WHERE state <> 5;
+CREATE INDEX IF NOT EXISTS interactions_invited ON interactions (tenant, invitee)
+    WHERE state <> 5 AND invitee <> '';
+-- Each agent's own state: login, media, Ready / Not Ready (`Agent::row`). Rewritten only by the
+-- agent's own events, never when an interaction changes hands.
 CREATE TABLE IF NOT EXISTS agents (
     tenant TEXT NOT NULL,
     agent_id TEXT NOT NULL,
@@ -238,18 +247,28 @@ pub(super) fn list(readers: &Readers, q: &ListQuery) -> Result<Vec<pb::Interacti
     })
 }
 
-/// The agent's committed row.
+/// The agent's committed row, with the live interactions it owns or is invited to, read in one
+/// statement (one snapshot).
 pub(super) fn agent(
     readers: &Readers,
     tenant: &str,
     agent_id: &str,
 ) -> Result<Option<pb::Agent>, StoreError> {
     readers.with(|c| {
-        let mut stmt =
-            c.prepare_cached("SELECT body FROM agents WHERE tenant = ?1 AND agent_id = ?2")?;
-        let body = stmt
-            .query_row(params![tenant, agent_id], |r| r.get::<_, Vec<u8>>(0))
-            .optional()?;
-        body.map(|b| decode(&b)).transpose()
+        let mut stmt = c.prepare_cached(
+            "SELECT 0, agent_id, body FROM agents WHERE tenant = ?1 AND agent_id = ?2
+             UNION SELECT 1, id, body FROM interactions
+                 WHERE tenant = ?1 AND state <> 5 AND owner = ?3
+             UNION SELECT 1, id, body FROM interactions
+                 WHERE tenant = ?1 AND state <> 5 AND invitee = ?3 AND invitee <> ''
+             ORDER BY 1, 2",
+        )?;
+        let key = format!("a:{agent_id}");
+        let rows = stmt
+            .query_map(params![tenant, agent_id, key], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        super::agent_from_rows(tenant, agent_id, rows)
     })
 }
