@@ -163,8 +163,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Concurrency of setup work (not measured).
 const SETUP_CONCURRENCY: usize = 64;
 /// Interactions per agent when many are created: an agent handles a handful at once (chat,
-/// email). It matters: interaction-server's stored agent row lists everything the agent holds and
-/// is rewritten with each change, so with 100 per agent StopProcessing goes about a third slower.
+/// email).
 const PER_AGENT: usize = 10;
 /// Subscribers per connection in the fan-out case.
 const SUBSCRIBERS_PER_CONNECTION: usize = 25;
