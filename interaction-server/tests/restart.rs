@@ -35,6 +35,17 @@ async fn start_at(dir: &Path, now: i64) -> TestServer {
     TestServer::start_with(dir, Platform::default(), ManualClock::new(now)).await
 }
 
+/// Starts a server on `dir` at the present time, with agent a1 logged in and Ready on chat.
+async fn start_with_a1_ready(dir: &Path) -> TestServer {
+    let server = start_at(dir, ManualClock::starting_now().now()).await;
+    server
+        .client(Who::service())
+        .await
+        .ready_agent("a1", &["chat"])
+        .await;
+    server
+}
+
 /// Stops `server` and starts a new one on the same directory, at the same time.
 async fn restart(server: TestServer) -> TestServer {
     let (dir, now) = (server.data_dir.clone(), server.clock.now());
@@ -439,12 +450,7 @@ async fn every_interaction_owner_and_event_is_there_after_a_restart() {
 #[tokio::test]
 async fn an_invite_whose_deadline_passed_while_the_server_was_down_is_revoked_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_at(dir.path(), ManualClock::starting_now().now()).await;
-    server
-        .client(Who::service())
-        .await
-        .ready_agent("a1", &["chat"])
-        .await;
+    let server = start_with_a1_ready(dir.path()).await;
     let mut ms = server.client(Who::media_server("ms1")).await;
     let mut router = server.client(Who::router("r1")).await;
     let (id, _) = submit(&mut ms, "q", &[]).await;
@@ -822,5 +828,26 @@ async fn an_idempotent_retry_after_a_restart_returns_the_recorded_outcome() {
         admin.get(&id).await.unwrap().state(),
         InteractionState::Stopped
     );
+    server.stop().await;
+}
+
+/// An agent's stored row keeps the capacity of when the agent last changed. After a restart with
+/// another capacity, GetAgent says the one that decisions use.
+#[tokio::test]
+async fn get_agent_shows_the_capacity_the_server_runs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_a1_ready(dir.path()).await;
+    let (data, now) = (server.data_dir.clone(), server.clock.now());
+    server.stop().await;
+    let platform = Platform {
+        default_capacity: 4,
+        ..Platform::default()
+    };
+    let server = TestServer::start_with(&data, platform, ManualClock::new(now)).await;
+
+    let agent = server.client(Who::service()).await.get_agent("a1").await;
+
+    let chat = agent.media.iter().find(|m| m.media_type == "chat").unwrap();
+    assert_eq!((chat.capacity, chat.state()), (4, AgentState::Ready));
     server.stop().await;
 }

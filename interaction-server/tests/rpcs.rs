@@ -362,15 +362,7 @@ impl Parties {
     }
 
     async fn agent(&self, agent: &str) -> Agent {
-        let mut service = self.service.clone();
-        service
-            .agents
-            .get_agent(GetAgentRequest {
-                agent_id: agent.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        self.service.clone().get_agent(agent).await
     }
 
     /// Logs `agent` in (as the service), with `media` active but Not Ready.
@@ -2174,14 +2166,7 @@ async fn get_agent_shows_the_load_and_what_the_agent_holds() {
     assert!(unknown.media.is_empty() && unknown.interaction_ids.is_empty());
     // Another tenant's a1 is another agent, never seen.
     let mut foreign = p.server.client(Who::service().in_tenant("t2")).await;
-    let elsewhere = foreign
-        .agents
-        .get_agent(GetAgentRequest {
-            agent_id: "a1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let elsewhere = foreign.get_agent("a1").await;
     assert!(!elsewhere.logged_in);
     assert!(elsewhere.interaction_ids.is_empty());
     p.server.stop().await;

@@ -173,11 +173,16 @@ impl AgentService for Api {
             .await
             .map_err(status)?;
         // An agent never seen is simply logged out.
-        Ok(Response::new(agent.unwrap_or_else(|| Agent {
+        let mut agent = agent.unwrap_or_else(|| Agent {
             agent_id: r.agent_id.clone(),
             tenant: caller.tenant.clone(),
             ..Default::default()
-        })))
+        });
+        // The row keeps the capacity of when the agent last changed; decisions use today's.
+        for media in &mut agent.media {
+            media.capacity = self.engine.platform.capacity(&media.media_type);
+        }
+        Ok(Response::new(agent))
     }
 
     async fn get_platform(

@@ -598,8 +598,9 @@ fn end_invite(i: &mut Interaction) {
 }
 
 impl Agent {
-    /// Reads back an agent the store kept with [`Agent::to_proto`]. What it holds is not read back:
-    /// the interactions loaded after it say that.
+    /// Reads back an agent the store kept with [`Agent::row`] (or, in an older row, with
+    /// [`Agent::to_proto`]). What it holds is not read back: the interactions loaded after it say
+    /// that.
     pub fn from_proto(p: &pb::Agent) -> Agent {
         Agent {
             tenant: p.tenant.clone(),

@@ -313,6 +313,17 @@ impl Client {
             .into_inner())
     }
 
+    /// The agent as `GetAgent` reports it.
+    pub async fn get_agent(&mut self, agent: &str) -> Agent {
+        self.agents
+            .get_agent(GetAgentRequest {
+                agent_id: agent.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn get(&mut self, id: &str) -> Result<Interaction, Status> {
         Ok(self
             .interactions
