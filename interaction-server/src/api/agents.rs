@@ -172,17 +172,8 @@ impl AgentService for Api {
             .agent(&caller.tenant, &r.agent_id)
             .await
             .map_err(status)?;
-        // An agent never seen is simply logged out.
-        let mut agent = agent.unwrap_or_else(|| Agent {
-            agent_id: r.agent_id.clone(),
-            tenant: caller.tenant.clone(),
-            ..Default::default()
-        });
-        // The row keeps the capacity of when the agent last changed; decisions use today's.
-        for media in &mut agent.media {
-            media.capacity = self.engine.platform.capacity(&media.media_type);
-        }
-        Ok(Response::new(agent))
+        // As the domain shows it: capacities are the ones decisions use now.
+        Ok(Response::new(agent.to_proto(&self.engine.platform)))
     }
 
     async fn get_platform(

@@ -18,9 +18,7 @@ pub use error::DomainError;
 pub use platform::{
     MAX_INVITE_TIMEOUT_MS, Platform, PlatformConfig, ReasonConfig, is_empty_reason,
 };
-pub use state::{
-    Agent, AgentKey, Interaction, Invite, Media, Phase, State, add_holdings, party_key,
-};
+pub use state::{Agent, AgentKey, Interaction, Invite, Media, Phase, State, party_key};
 
 use ixn_proto::auth::Role;
 use ixn_proto::common::{AgentParty, Party, Reason};

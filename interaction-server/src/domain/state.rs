@@ -186,7 +186,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn new(key: &AgentKey) -> Agent {
+    /// An agent never seen: logged out, with no media and nothing held.
+    pub fn new(key: &AgentKey) -> Agent {
         Agent {
             tenant: key.tenant.clone(),
             agent_id: key.agent_id.clone(),
@@ -232,15 +233,15 @@ impl Agent {
 
     pub fn to_proto(&self, platform: &Platform) -> pb::Agent {
         let mut agent = self.row(platform);
-        add_holdings(
-            &mut agent,
-            self.holding.iter().map(|(id, media)| (*id, media.as_str())),
-        );
+        for media in &mut agent.media {
+            media.load = self.load(&media.media_type);
+        }
+        agent.interaction_ids = self.holding.keys().map(Uuid::to_string).collect();
         agent
     }
 
     /// What the store keeps of the agent: its own state, without what it holds (no
-    /// `interaction_ids`, every load 0), which the interactions' rows say ([`add_holdings`]).
+    /// `interaction_ids`, every load 0), which the interactions' rows say.
     pub fn row(&self, platform: &Platform) -> pb::Agent {
         pb::Agent {
             agent_id: self.agent_id.clone(),
@@ -265,17 +266,6 @@ impl Agent {
             interaction_ids: Vec::new(),
             version: self.version,
             sequence: 0,
-        }
-    }
-}
-
-/// Adds to an agent's row what it holds: each interaction it owns or is invited to, with the
-/// interaction's media, in id order. Each goes to `interaction_ids` and counts in its media's load.
-pub fn add_holdings<'a>(agent: &mut pb::Agent, held: impl IntoIterator<Item = (Uuid, &'a str)>) {
-    for (id, media) in held {
-        agent.interaction_ids.push(id.to_string());
-        if let Some(m) = agent.media.iter_mut().find(|m| m.media_type == media) {
-            m.load += 1;
         }
     }
 }

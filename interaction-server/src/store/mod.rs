@@ -7,7 +7,7 @@
 mod postgres;
 mod sqlite;
 
-use crate::domain::{AgentKey, Interaction, Phase, State};
+use crate::domain::{Agent, AgentKey, Interaction, Phase, State};
 use ixn_proto::interaction as pb;
 use ixn_proto::log::LogEntry;
 use ixn_proto::store::{Batch, BoxFuture, History};
@@ -132,12 +132,8 @@ impl Reads {
         }
     }
 
-    /// The agent's committed row, with what it holds (read from the interactions' rows).
-    pub async fn agent(
-        &self,
-        tenant: &str,
-        agent_id: &str,
-    ) -> Result<Option<pb::Agent>, StoreError> {
+    /// The agent as committed: its row, and what it holds (read from the interactions' rows).
+    pub async fn agent(&self, tenant: &str, agent_id: &str) -> Result<Agent, StoreError> {
         match self {
             Reads::Sqlite(readers) => {
                 let (tenant, agent_id) = (tenant.to_owned(), agent_id.to_owned());
@@ -189,26 +185,31 @@ impl Columns {
             invitee: i
                 .invite
                 .as_ref()
-                .map(|inv| format!("a:{}", inv.agent.agent_id))
+                .map(|inv| agent_key(&inv.agent.agent_id))
                 .unwrap_or_default(),
             submitter: crate::domain::party_key(&i.submitted_by),
         }
     }
 }
 
-/// An agent as reads return it, from rows of one snapshot in order: its own row first if it has one
-/// (kind 0: an agent never seen has none), then each live interaction it owns or is invited to, in
-/// id order (kind 1), whose media say its loads. `None`: the agent was never seen and holds nothing.
+/// The key naming an agent in the interactions' `owner` and `invitee` columns.
+pub(crate) fn agent_key(agent_id: &str) -> String {
+    crate::domain::party_key(&ixn_proto::common::Party::agent(agent_id, ""))
+}
+
+/// An agent as reads return it, from rows of one snapshot: its own row (kind 0; an agent never
+/// seen has none, and is logged out) and each live interaction it owns or is invited to (kind 1),
+/// which say what it holds. What an older row still lists of its holdings is not read back.
 pub(crate) fn agent_from_rows(
     tenant: &str,
     agent_id: &str,
     rows: impl IntoIterator<Item = (i64, Vec<u8>)>,
-) -> Result<Option<pb::Agent>, StoreError> {
-    let mut agent: Option<pb::Agent> = None;
+) -> Result<Agent, StoreError> {
+    let mut agent = None;
     let mut held = Vec::new();
     for (kind, body) in rows {
         if kind == 0 {
-            agent = Some(decode(&body)?);
+            agent = Some(Agent::from_proto(&decode(&body)?));
         } else {
             let i: pb::Interaction = decode(&body)?;
             let id = i
@@ -218,21 +219,9 @@ pub(crate) fn agent_from_rows(
             held.push((id, i.media_type));
         }
     }
-    if agent.is_none() && held.is_empty() {
-        return Ok(None);
-    }
-    let mut agent = agent.unwrap_or_else(|| pb::Agent {
-        agent_id: agent_id.to_owned(),
-        tenant: tenant.to_owned(),
-        ..Default::default()
-    });
-    // Rows written before holdings were derived still list them: what the interactions say wins.
-    agent.interaction_ids.clear();
-    for media in &mut agent.media {
-        media.load = 0;
-    }
-    crate::domain::add_holdings(&mut agent, held.iter().map(|(id, m)| (*id, m.as_str())));
-    Ok(Some(agent))
+    let mut agent = agent.unwrap_or_else(|| Agent::new(&AgentKey::new(tenant, agent_id)));
+    agent.holding.extend(held);
+    Ok(agent)
 }
 
 pub(crate) fn decode_interaction(body: &[u8], queued_seq: u64) -> Result<Interaction, StoreError> {
@@ -250,15 +239,6 @@ pub(crate) fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, Stor
 mod tests {
     use super::*;
     use prost::Message;
-
-    fn chat(load: u32) -> pb::AgentMedia {
-        pb::AgentMedia {
-            media_type: "chat".into(),
-            load,
-            capacity: 3,
-            ..Default::default()
-        }
-    }
 
     fn held(id: Uuid, media: &str) -> (i64, Vec<u8>) {
         let i = pb::Interaction {
@@ -278,7 +258,12 @@ mod tests {
             agent_id: "a1".into(),
             tenant: "t1".into(),
             logged_in: true,
-            media: vec![chat(2)],
+            media: vec![pb::AgentMedia {
+                media_type: "chat".into(),
+                load: 2,
+                capacity: 3,
+                ..Default::default()
+            }],
             interaction_ids: vec![Uuid::now_v7().to_string(), a.to_string()],
             version: 4,
             ..Default::default()
@@ -289,29 +274,31 @@ mod tests {
             held(b, "email"),
         ];
 
-        let agent = agent_from_rows("t1", "a1", rows).unwrap().unwrap();
+        let agent = agent_from_rows("t1", "a1", rows).unwrap();
 
-        assert_eq!(agent.interaction_ids, [a.to_string(), b.to_string()]);
-        assert_eq!(agent.media, [chat(1)]);
+        assert_eq!(
+            agent.holding,
+            [(a, "chat".to_owned()), (b, "email".to_owned())].into()
+        );
+        assert_eq!(agent.load("chat"), 1);
         assert_eq!((agent.logged_in, agent.version), (true, 4));
     }
 
     /// An agent with no row of its own (never logged in) still shows what it holds; one that has
-    /// neither was never seen.
+    /// neither is an agent never seen.
     #[test]
     fn an_agent_without_a_row_holds_what_the_interactions_say() {
         let a = Uuid::now_v7();
+        let never_seen = Agent::new(&AgentKey::new("t1", "a1"));
 
-        let agent = agent_from_rows("t1", "a1", [held(a, "chat")])
-            .unwrap()
-            .unwrap();
+        let agent = agent_from_rows("t1", "a1", [held(a, "chat")]).unwrap();
 
         assert_eq!(
             (agent.tenant.as_str(), agent.agent_id.as_str()),
             ("t1", "a1")
         );
         assert!(!agent.logged_in && agent.media.is_empty());
-        assert_eq!(agent.interaction_ids, [a.to_string()]);
-        assert_eq!(agent_from_rows("t1", "a1", []).unwrap(), None);
+        assert_eq!(agent.holding, [(a, "chat".to_owned())].into());
+        assert_eq!(agent_from_rows("t1", "a1", []).unwrap(), never_seen);
     }
 }

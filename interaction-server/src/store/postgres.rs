@@ -497,23 +497,19 @@ pub(super) async fn list(pool: &Pool, q: &ListQuery) -> Result<Vec<pb::Interacti
 
 /// The agent's committed row, with the live interactions it owns or is invited to, read in one
 /// statement (one snapshot).
-pub(super) async fn agent(
-    pool: &Pool,
-    tenant: &str,
-    agent_id: &str,
-) -> Result<Option<pb::Agent>, StoreError> {
+pub(super) async fn agent(pool: &Pool, tenant: &str, agent_id: &str) -> Result<Agent, StoreError> {
     let client = pool.client().await?;
+    // UNION compares the second column, so both sides need one collation: the ids' byte order.
     let statement = client
         .prepare_cached(
             "SELECT 0, agent_id COLLATE \"C\", body FROM agents WHERE tenant = $1 AND agent_id = $2
              UNION SELECT 1, id, body FROM interactions
                  WHERE tenant = $1 AND state <> 5 AND owner = $3
              UNION SELECT 1, id, body FROM interactions
-                 WHERE tenant = $1 AND state <> 5 AND invitee = $3 AND invitee <> ''
-             ORDER BY 1, 2",
+                 WHERE tenant = $1 AND state <> 5 AND invitee = $3 AND invitee <> ''",
         )
         .await?;
-    let key = format!("a:{agent_id}");
+    let key = super::agent_key(agent_id);
     let rows = client
         .query(&statement, &[&tenant, &agent_id, &key])
         .await?;

@@ -249,21 +249,16 @@ pub(super) fn list(readers: &Readers, q: &ListQuery) -> Result<Vec<pb::Interacti
 
 /// The agent's committed row, with the live interactions it owns or is invited to, read in one
 /// statement (one snapshot).
-pub(super) fn agent(
-    readers: &Readers,
-    tenant: &str,
-    agent_id: &str,
-) -> Result<Option<pb::Agent>, StoreError> {
+pub(super) fn agent(readers: &Readers, tenant: &str, agent_id: &str) -> Result<Agent, StoreError> {
     readers.with(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT 0, agent_id, body FROM agents WHERE tenant = ?1 AND agent_id = ?2
              UNION SELECT 1, id, body FROM interactions
                  WHERE tenant = ?1 AND state <> 5 AND owner = ?3
              UNION SELECT 1, id, body FROM interactions
-                 WHERE tenant = ?1 AND state <> 5 AND invitee = ?3 AND invitee <> ''
-             ORDER BY 1, 2",
+                 WHERE tenant = ?1 AND state <> 5 AND invitee = ?3 AND invitee <> ''",
         )?;
-        let key = format!("a:{agent_id}");
+        let key = super::agent_key(agent_id);
         let rows = stmt
             .query_map(params![tenant, agent_id, key], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(2)?))
