@@ -31,6 +31,7 @@ use ixn_proto::hosting::StoreHealth;
 use ixn_proto::interaction as pb;
 use ixn_proto::log::{Log, LogEntry};
 use ixn_proto::store::{Batch, REPLAY_CHUNK};
+use ixn_proto::wire::SharedEvent;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -737,7 +738,7 @@ impl Core {
                 reporting: ixn_proto::event::is_reporting(&body),
                 recipients: emitted.to.iter().map(domain::party_key).collect(),
                 submitter,
-                event: Event {
+                event: SharedEvent::new(Event {
                     sequence,
                     event_id: uuid::Uuid::now_v7().to_string(),
                     time: Some(domain::timestamp(now)),
@@ -749,7 +750,7 @@ impl Core {
                     to: emitted.to,
                     relayed_from: None,
                     body: Some(body),
-                },
+                }),
             };
             tx.append(&entry)?;
             out.entries.push(Arc::new(entry));

@@ -22,10 +22,12 @@
 //! - [`hosting`]: health, reflection, listener settings, signals and the bounded drain of both servers.
 //! - [`settings`]: flags, `IXN_*` variables and the TOML file, checked alike (exit 64 when wrong).
 //! - [`trace`]: trace context carried from calls into events.
+//! - [`wire`]: events encoded once, and the codec that streams them as they are.
 
 #![forbid(unsafe_code)]
 
-/// The generated code, nested as the packages are so that cross-package references resolve.
+/// The generated code, nested as the packages are so that cross-package references resolve: each
+/// package's messages and clients, then its servers (see `build.rs`).
 pub mod ixn {
     pub mod common {
         pub mod v1 {
@@ -35,16 +37,19 @@ pub mod ixn {
     pub mod events {
         pub mod v1 {
             tonic::include_proto!("ixn.events.v1");
+            tonic::include_proto!("ixn.events.v1.servers");
         }
     }
     pub mod interaction {
         pub mod v1 {
             tonic::include_proto!("ixn.interaction.v1");
+            tonic::include_proto!("ixn.interaction.v1.servers");
         }
     }
     pub mod session {
         pub mod v1 {
             tonic::include_proto!("ixn.session.v1");
+            tonic::include_proto!("ixn.session.v1.servers");
         }
     }
 }
@@ -76,3 +81,4 @@ pub mod subscribe;
 pub mod testing;
 pub mod trace;
 pub mod validate;
+pub mod wire;

@@ -1,14 +1,17 @@
 //! The committed events as subscribers read them: a ring of the most recent ones in memory, shared
 //! by every live subscriber (each event is built once), and the store for a subscriber that is behind
-//! the ring. The head sequence is a watch, so a caught-up subscriber waits without polling.
+//! the ring. The head sequence is a watch, so a caught-up subscriber waits without polling. Each
+//! event is encoded once, when it is committed: the store keeps those bytes and every stream sends
+//! them (see [`crate::wire`]).
 //!
 //! [`follow`] is the loop that feeds one stream, for `Subscribe` and session-service's `Connect`.
 
 use crate::auth::Role;
 use crate::clock::{Clock, Micros};
 use crate::error::{Failure, Reason};
-use crate::events::{Event, EventFilter};
+use crate::events::EventFilter;
 use crate::store::{History, REPLAY_CHUNK, StoreError};
+use crate::wire::{EncodedEvent, SharedEvent};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +34,15 @@ pub struct LogEntry {
     pub recipients: Vec<String>,
     /// Party key of the submitter of the interaction it concerns.
     pub submitter: Option<String>,
-    pub event: Event,
+    pub event: SharedEvent,
 }
 
 /// How many recent events stay in memory for live subscribers.
 pub const RING_CAPACITY: usize = 16_384;
+
+/// How many of the oldest events leave a full ring at once: the thread that frees them is woken
+/// once for that many, not at every commit.
+const EVICTED_TOGETHER: usize = 1_024;
 
 /// Frees entries that left the ring on a thread of its own. An entry is a few dozen allocations
 /// that have long left the cache, and whoever publishes (a service's single writer) has better
@@ -146,7 +153,7 @@ impl Log {
                 }
                 last = entry.sequence;
                 if ring.len() == RING_CAPACITY {
-                    evicted.extend(ring.pop_front());
+                    evicted.extend(ring.drain(..EVICTED_TOGETHER));
                 }
                 ring.push_back(entry);
             }
@@ -311,7 +318,7 @@ pub fn stream(clock: Clock, patience: Duration) -> (Inlet, Outlet) {
 /// The feeding end of a stream.
 #[derive(Debug)]
 pub struct Inlet {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<EncodedEvent>,
     /// How the stream ends once what is buffered is read: with a status, or OK (`None`).
     end: Option<oneshot::Sender<Option<Status>>>,
     clock: Clock,
@@ -335,7 +342,7 @@ impl Inlet {
     /// Buffers one event, waiting for room for at most the patience. A reader that is gone, or
     /// that let the buffer stay full that long (the stream is then cut), is `Gone`; so is one whose
     /// wait a drain or its token's expiry ended.
-    pub async fn send(&mut self, sequence: u64, event: Event) -> Result<(), Gone> {
+    pub async fn send(&mut self, sequence: u64, event: EncodedEvent) -> Result<(), Gone> {
         let event = match self.tx.try_send(event) {
             Ok(()) => {
                 self.sent = Some(sequence);
@@ -409,12 +416,12 @@ impl Inlet {
 /// The transport's end of a stream: the buffered events, then the status the stream ended with.
 #[derive(Debug)]
 pub struct Outlet {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<EncodedEvent>,
     end: Option<oneshot::Receiver<Option<Status>>>,
 }
 
 impl futures::Stream for Outlet {
-    type Item = Result<Event, Status>;
+    type Item = Result<EncodedEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(event) = std::task::ready!(self.rx.poll_recv(cx)) {
@@ -498,7 +505,11 @@ where
                 }
                 after = entry.sequence;
                 if visible(&entry) {
-                    if tx.send(entry.sequence, entry.event.clone()).await.is_err() {
+                    if tx
+                        .send(entry.sequence, entry.event.encoded())
+                        .await
+                        .is_err()
+                    {
                         return false;
                     }
                     if ends_after(&entry) {
@@ -518,6 +529,113 @@ where
         if clock.now() >= expires {
             tx.end(expired(after));
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::events::Event;
+    use crate::store::BoxFuture;
+
+    /// Every event stays in the ring: nothing is read from a store.
+    #[derive(Debug)]
+    struct InRingOnly;
+
+    impl History for InRingOnly {
+        fn events_after(
+            &self,
+            _after: u64,
+            _limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<Arc<LogEntry>>, StoreError>> {
+            Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+    }
+
+    /// Follows `log` from the start until the first entry is delivered.
+    async fn first_sent(log: &Arc<Log>, clock: &Clock) -> EncodedEvent {
+        use futures::StreamExt;
+        let (tx, mut rx) = stream(clock.clone(), DEFAULT_PATIENCE);
+        let feed = Feed {
+            log: log.clone(),
+            visible: |_: &LogEntry| true,
+            ends_after: |_: &LogEntry| true,
+            after: 0,
+            clock: clock.clone(),
+            expires: Micros::MAX,
+            draining: watch::channel(false).1,
+        };
+        tokio::spawn(follow(feed, tx));
+        let sent = rx.next().await.expect("one event").expect("sent");
+        assert!(
+            rx.next().await.is_none(),
+            "the stream ends with OK after it"
+        );
+        sent
+    }
+
+    fn entry_of(event: Event) -> Arc<LogEntry> {
+        Arc::new(LogEntry {
+            sequence: event.sequence,
+            tenant: event.tenant.clone(),
+            kind: "interaction_submitted",
+            interaction_id: None,
+            reporting: false,
+            recipients: Vec::new(),
+            submitter: None,
+            event: SharedEvent::new(event),
+        })
+    }
+
+    fn entry(sequence: u64) -> Arc<LogEntry> {
+        entry_of(Event {
+            sequence,
+            ..Event::default()
+        })
+    }
+
+    #[test]
+    fn a_full_ring_lets_its_oldest_events_go_together() {
+        let log = Log::new(0, Arc::new(InRingOnly));
+        let full = RING_CAPACITY as u64;
+        log.publish((1..=full).map(entry).collect());
+        assert_eq!(log.ring_after(0, 1).expect("in the ring")[0].sequence, 1);
+        log.publish(vec![entry(full + 1)]);
+        let oldest = EVICTED_TOGETHER as u64 + 1;
+        assert!(
+            log.ring_after(oldest - 2, 1).is_none(),
+            "read from the store"
+        );
+        let kept = log.ring_after(oldest - 1, usize::MAX).expect("in the ring");
+        assert_eq!(kept.first().map(|e| e.sequence), Some(oldest));
+        assert_eq!(kept.last().map(|e| e.sequence), Some(full + 1));
+        assert_eq!(log.head(), full + 1);
+    }
+
+    #[tokio::test]
+    async fn every_stream_sends_the_bytes_encoded_at_commit() {
+        let clock = Clock::Manual(ManualClock::starting_now());
+        let log = Arc::new(Log::new(0, Arc::new(InRingOnly)));
+        let event = Event {
+            sequence: 1,
+            event_id: "0190b8f0-0000-7000-8000-000000000001".into(),
+            tenant: "t1".into(),
+            correlation_id: "c".into(),
+            ..Event::default()
+        };
+        let committed = entry_of(event.clone());
+        let at = committed.event.bytes().as_ptr();
+        log.publish(vec![committed]);
+        for _ in 0..2 {
+            let sent = first_sent(&log, &clock).await;
+            assert_eq!(
+                sent.0.as_ptr(),
+                at,
+                "the stream sends the committed bytes, not a copy"
+            );
+            assert_eq!(sent.decode().expect("an Event"), event);
         }
     }
 }

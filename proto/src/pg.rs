@@ -24,7 +24,6 @@ use crate::store::{
     entry_from_row,
 };
 use futures::StreamExt;
-use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -367,7 +366,7 @@ async fn read_events(
                 r.get(4),
                 r.get(5),
                 r.get(6),
-                r.get(7),
+                bytes::Bytes::copy_from_slice(r.get(7)),
             )
         })
         .collect()
@@ -703,7 +702,7 @@ impl crate::store::Batch for Batch<'_> {
         e.reporting.push(entry.reporting);
         e.recipients.push(encode_recipients(&entry.recipients));
         e.submitter.push(entry.submitter.clone());
-        e.body.push(entry.event.encode_to_vec());
+        e.body.push(entry.event.bytes().to_vec());
         Ok(())
     }
 

@@ -12,7 +12,6 @@ use crate::log::LogEntry;
 use crate::store::{BoxFuture, History, encode_recipients, entry_from_row};
 pub use crate::store::{REPLAY_CHUNK, StoreError, StoredRequest, next_batch};
 use fs4::fs_std::FileExt;
-use prost::Message;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -400,7 +399,7 @@ impl Batch<'_> {
             entry.reporting,
             encode_recipients(&entry.recipients),
             entry.submitter,
-            entry.event.encode_to_vec(),
+            entry.event.bytes(),
         ])?;
         Ok(())
     }
@@ -513,7 +512,7 @@ fn events_after(
             reporting,
             &recipients,
             submitter,
-            &body,
+            body.into(),
         )
     })
     .collect()

@@ -182,11 +182,10 @@ pub(crate) fn entry_from_row(
     reporting: bool,
     recipients: &str,
     submitter: Option<String>,
-    body: &[u8],
+    body: bytes::Bytes,
 ) -> Result<Arc<LogEntry>, StoreError> {
-    use prost::Message;
     let event =
-        crate::events::Event::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        crate::wire::SharedEvent::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(Arc::new(LogEntry {
         sequence: sequence as u64,
         tenant,

@@ -17,6 +17,7 @@ use ixn_proto::hosting::StoreHealth;
 use ixn_proto::log::{Log, LogEntry};
 use ixn_proto::session::Session;
 use ixn_proto::store::{Batch, REPLAY_CHUNK, StoreError};
+use ixn_proto::wire::SharedEvent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -495,7 +496,7 @@ fn entry(emitted: &Emitted, sequence: u64, now: Micros, commit: &Commit) -> LogE
         reporting: false,
         recipients: event.to.iter().map(|p| p.key()).collect(),
         submitter: None,
-        event,
+        event: SharedEvent::new(event),
     }
 }
 
