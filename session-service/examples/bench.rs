@@ -75,6 +75,9 @@
 //! process used during a measured window, per successful call (per lifecycle for
 //! `lifecycle_server_cpu_us`): for the echo, StopProcessing at c64 and the lifecycle. On a machine
 //! shared with other work the rates move from run to run; the CPU a call costs moves much less.
+//! `…_client_cpu_us…` is the same for this load generator's process, and `…_idle_share…` the share
+//! of all the machine's CPU time that went idle during the window (`/proc/stat`): near 0 when the
+//! figure is bound by the CPUs, higher when something waits (a serial thread, the disk).
 //!
 //! `--quick` runs each timed case for 1 s and uses 1,000 sessions, 10,000 stored and 10,000 live
 //! interactions and 100 subscribers. `--only echo,stop,…` runs some cases (for working on the
@@ -227,6 +230,18 @@ const EXTRA_KEYS: &[(&str, &str)] = &[
     ("lifecycle_server_cpu_us", "µs"),
     ("pg_stop_server_cpu_us_c64", "µs"),
     ("pg_lifecycle_server_cpu_us", "µs"),
+    // The load generator's CPU time the same way, and the share of the machine's CPU time that
+    // went idle in the window.
+    ("baseline_echo_client_cpu_us", "µs"),
+    ("stop_client_cpu_us_c64", "µs"),
+    ("lifecycle_client_cpu_us", "µs"),
+    ("pg_stop_client_cpu_us_c64", "µs"),
+    ("pg_lifecycle_client_cpu_us", "µs"),
+    ("baseline_echo_idle_share", ""),
+    ("stop_idle_share_c64", ""),
+    ("lifecycle_idle_share", ""),
+    ("pg_stop_idle_share_c64", ""),
+    ("pg_lifecycle_idle_share", ""),
     ("lifecycle_p99_ms", "ms"),
     ("event_delivery_after_ack_p50_ms", "ms"),
     ("event_delivery_after_ack_p99_ms", "ms"),
@@ -1027,15 +1042,9 @@ impl Proc {
         }
     }
 
-    /// The CPU time (user and system) the process has used, from `/proc/<pid>/stat`.
+    /// The CPU time (user and system) the process has used.
     fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // After the command name in parentheses: state is field 3, utime 14 and stime 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
-        Some(Duration::from_millis(ticks * 10))
+        process_cpu(&self.child.id().to_string())
     }
 
     /// The resident set size, from `/proc/<pid>/status`.
@@ -1122,8 +1131,8 @@ struct Run {
     used: u64,
     /// Whether the items ran out before the time did.
     exhausted: bool,
-    /// The CPU time the server process used during the run, when it was watched.
-    server_cpu: Option<Duration>,
+    /// The CPU time used during the run, when it was watched.
+    usage: Option<Usage>,
 }
 
 impl Run {
@@ -1131,10 +1140,27 @@ impl Run {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// The server's CPU time per successful call, µs (when the run watched the server).
-    fn server_cpu_us(&self) -> Option<f64> {
-        self.server_cpu
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64)
+    fn per_call_us(&self, cpu: Option<Duration>) -> Option<f64> {
+        cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64)
+    }
+
+    /// Sets `<stem>_server_cpu_us<suffix>` and the load generator's, per successful call, and
+    /// `<stem>_idle_share<suffix>`, for a watched run.
+    fn report_usage(&self, report: &mut Report, stem: &str, suffix: &str) {
+        let Some(usage) = &self.usage else { return };
+        if let Some(cpu) = self.per_call_us(usage.server) {
+            report.set(&format!("{stem}_server_cpu_us{suffix}"), cpu);
+        }
+        if let Some(cpu) = self.per_call_us(usage.client) {
+            report.set(&format!("{stem}_client_cpu_us{suffix}"), cpu);
+        }
+        if let Some(idle) = usage.idle {
+            let all = self.elapsed.as_secs_f64() * cpus() as f64;
+            report.set(
+                &format!("{stem}_idle_share{suffix}"),
+                (idle.as_secs_f64() / all.max(1e-9)).min(1.0),
+            );
+        }
     }
 
     fn ms(&self, quantile: f64) -> f64 {
@@ -1191,6 +1217,57 @@ impl Run {
                 self.failed + self.ok,
                 self.errors()
             ))
+        }
+    }
+}
+
+/// The CPU time (user and system) a process has used, from `/proc/<pid>/stat` (`self` for this one).
+fn process_cpu(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks_to_duration(ticks))
+}
+
+/// The time all the machine's CPUs together have spent idle or waiting for I/O, from `/proc/stat`.
+fn machine_idle() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // `cpu  user nice system idle iowait …`
+    let fields: Vec<&str> = stat.lines().next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(4)?.parse::<u64>().ok()? + fields.get(5)?.parse::<u64>().ok()?;
+    Some(ticks_to_duration(ticks))
+}
+
+/// Linux reports CPU times in USER_HZ, which is 100 on every architecture it supports.
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU times taken at the start of a measured window.
+struct Usage {
+    server: Option<Duration>,
+    client: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+impl Usage {
+    fn now(server: Option<&Proc>) -> Usage {
+        Usage {
+            server: server.and_then(Proc::cpu),
+            client: process_cpu("self"),
+            idle: machine_idle(),
+        }
+    }
+
+    /// What was used since `self`.
+    fn since(self, server: Option<&Proc>) -> Usage {
+        let later = Usage::now(server);
+        let spent = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        Usage {
+            server: spent(self.server, later.server),
+            client: spent(self.client, later.client),
+            idle: spent(self.idle, later.idle),
         }
     }
 }
@@ -1288,7 +1365,7 @@ where
         latency: histogram(),
         used: 0,
         exhausted: false,
-        server_cpu: None,
+        usage: None,
     };
     while let Some(done) = tasks.join_next().await {
         let (latency, ok, failed, errors) = done.expect("a load task panicked");
@@ -1305,8 +1382,9 @@ where
     run
 }
 
-/// A warm-up (not kept) and then the measured window, over the same items. With a `server`, the
-/// CPU time that process used during the window is kept too.
+/// A warm-up (not kept) and then the measured window, over the same items. The CPU time used
+/// during the window is kept too: this process's, the machine's idle time and, with a `server`,
+/// that process's.
 async fn warm_and_measure<F, Fut>(
     plan: &Plan,
     server: Option<&Proc>,
@@ -1332,7 +1410,7 @@ where
         .await
     };
     let base = warm.used;
-    let cpu_before = server.and_then(Proc::cpu);
+    let usage = Usage::now(server);
     let mut run = drive(
         channels,
         concurrency,
@@ -1341,9 +1419,7 @@ where
         move |c, i| op(c, base + i),
     )
     .await;
-    if let (Some(before), Some(after)) = (cpu_before, server.and_then(Proc::cpu)) {
-        run.server_cpu = Some(after.saturating_sub(before));
-    }
+    run.usage = Some(usage.since(server));
     run
 }
 
@@ -1539,9 +1615,7 @@ async fn echo_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     server.alive()?;
     report.failed_calls("echo", &run);
     report.set("baseline_echo_rps", run.per_sec());
-    if let Some(cpu) = run.server_cpu_us() {
-        report.set("baseline_echo_server_cpu_us", cpu);
-    }
+    run.report_usage(report, "baseline_echo", "");
     Ok(())
 }
 
@@ -1629,9 +1703,7 @@ async fn stop_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
         if c == 64 {
             report.set(&ctx.key("stop_p50_ms_c64"), run.ms(0.5));
             report.set(&ctx.key("stop_p99_ms_c64"), run.ms(0.99));
-            if let Some(cpu) = run.server_cpu_us() {
-                report.set(&ctx.key("stop_server_cpu_us_c64"), cpu);
-            }
+            run.report_usage(report, &ctx.key("stop"), "_c64");
         }
         // Later windows: the probe's rate, or more if this machine did better at a lower
         // concurrency (higher ones are usually faster still).
@@ -1872,9 +1944,7 @@ async fn lifecycle_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     report.failed_calls("lifecycle", &run);
     let max_rate = run.per_sec();
     report.set(&ctx.key("lifecycle_per_s"), max_rate);
-    if let Some(cpu) = run.server_cpu_us() {
-        report.set(&ctx.key("lifecycle_server_cpu_us"), cpu);
-    }
+    run.report_usage(report, &ctx.key("lifecycle"), "");
     if !ctx.prefix.is_empty() {
         // On PostgreSQL only the throughput is reported.
         return Ok(());
