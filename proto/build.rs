@@ -5,6 +5,8 @@
 //! method has its own codec: a method that streams `Event`s uses `wire::EncodedEventCodec`, which
 //! sends each event's bytes as they were encoded once at commit, however many streams carry them;
 //! every other one is protobuf through prost. The clients are prost's, and decode `Event`s.
+//! Each package's servers are in `<package>.servers.rs`, which `lib.rs` includes beside the
+//! package's messages: a new package needs both lines there.
 
 use prost_types::{FileDescriptorSet, MethodDescriptorProto};
 use protox::prost::Message;
@@ -103,25 +105,22 @@ fn manual_method(method: &MethodDescriptorProto) -> manual::Method {
     builder.build()
 }
 
-/// `.ixn.session.v1.LoginRequest` → `crate::ixn::session::v1::LoginRequest`.
+/// `.ixn.session.v1.LoginRequest` → `crate::ixn::session::v1::LoginRequest`. Requests and answers
+/// are top-level messages of the contract's own packages (prost names nested and well-known types
+/// otherwise).
 fn rust_type(proto: &str) -> String {
+    assert!(
+        proto.starts_with(".ixn."),
+        "{proto}: a method takes and returns messages of the contract's packages"
+    );
     let path: Vec<&str> = proto.trim_start_matches('.').split('.').collect();
     let (name, package) = path.split_last().expect("a message name");
     format!("crate::{}::{name}", package.join("::"))
 }
 
-/// `SetNotReady` → `set_not_ready`.
+/// `SetNotReady` → `set_not_ready`, as prost names the client's methods. (A name that is a Rust
+/// keyword, which prost would escape, fails the build in the generator.)
 fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    use heck::ToSnakeCase;
+    name.to_snake_case()
 }

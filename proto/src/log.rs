@@ -37,12 +37,14 @@ pub struct LogEntry {
     pub event: SharedEvent,
 }
 
-/// How many recent events stay in memory for live subscribers.
+/// At most how many recent events stay in memory for live subscribers (at least this less
+/// [`EVICTED_TOGETHER`] once the ring has filled).
 pub const RING_CAPACITY: usize = 16_384;
 
 /// How many of the oldest events leave a full ring at once: the thread that frees them is woken
 /// once for that many, not at every commit.
 const EVICTED_TOGETHER: usize = 1_024;
+const _: () = assert!(EVICTED_TOGETHER <= RING_CAPACITY);
 
 /// Frees entries that left the ring on a thread of its own. An entry is a few dozen allocations
 /// that have long left the cache, and whoever publishes (a service's single writer) has better

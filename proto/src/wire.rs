@@ -14,7 +14,8 @@ use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 
 /// A committed event and its protobuf encoding, made once. Reads see the [`Event`] (through
-/// `Deref`); the store and the streams take [`SharedEvent::encoded`].
+/// `Deref`); the store keeps [`SharedEvent::bytes`] and the streams send [`SharedEvent::encoded`].
+/// Read back from the store, it keeps the bytes as stored, fields this build does not know included.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SharedEvent {
     event: Event,
