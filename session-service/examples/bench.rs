@@ -1155,10 +1155,9 @@ impl Run {
             report.set(&format!("{stem}_client_cpu_us{suffix}"), cpu);
         }
         if let Some(idle) = usage.idle {
-            let all = self.elapsed.as_secs_f64() * cpus() as f64;
             report.set(
                 &format!("{stem}_idle_share{suffix}"),
-                (idle.as_secs_f64() / all.max(1e-9)).min(1.0),
+                (idle.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)).min(1.0),
             );
         }
     }
@@ -1230,13 +1229,16 @@ fn process_cpu(pid: &str) -> Option<Duration> {
     Some(ticks_to_duration(ticks))
 }
 
-/// The time all the machine's CPUs together have spent idle or waiting for I/O, from `/proc/stat`.
+/// The time the machine's CPUs have spent idle or waiting for I/O, per CPU, from `/proc/stat`
+/// (which counts every CPU of the machine, whatever this process may use).
 fn machine_idle() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    // `cpu  user nice system idle iowait …`
-    let fields: Vec<&str> = stat.lines().next()?.split_whitespace().collect();
+    let mut lines = stat.lines();
+    // `cpu  user nice system idle iowait …`, then a `cpuN …` line for each CPU.
+    let fields: Vec<&str> = lines.next()?.split_whitespace().collect();
     let ticks: u64 = fields.get(4)?.parse::<u64>().ok()? + fields.get(5)?.parse::<u64>().ok()?;
-    Some(ticks_to_duration(ticks))
+    let cpus = lines.take_while(|l| l.starts_with("cpu")).count().max(1);
+    Some(ticks_to_duration(ticks) / cpus as u32)
 }
 
 /// Linux reports CPU times in USER_HZ, which is 100 on every architecture it supports.
@@ -1248,6 +1250,7 @@ fn ticks_to_duration(ticks: u64) -> Duration {
 struct Usage {
     server: Option<Duration>,
     client: Option<Duration>,
+    /// Per CPU of the machine.
     idle: Option<Duration>,
 }
 
