@@ -96,16 +96,21 @@ impl Party {
     /// A short key naming the party in stores and filters: `a:<agent>` (whatever the place),
     /// `r:<router>`, `m:<server>`…
     pub fn key(&self) -> String {
-        match &self.kind {
-            Some(Kind::Agent(a)) => format!("a:{}", a.agent_id),
-            Some(Kind::Router(r)) => format!("r:{}", r.router_id),
-            Some(Kind::MediaServer(m)) => format!("m:{}", m.server_id),
-            Some(Kind::Admin(a)) => format!("admin:{}", a.subject),
-            Some(Kind::System(s)) => format!("system:{}", s.what),
-            Some(Kind::Service(s)) => format!("service:{}", s.subject),
-            Some(Kind::Reporter(r)) => format!("reporter:{}", r.subject),
-            None => String::new(),
-        }
+        // Concatenated, not formatted: every event names its parties by key, on the writer.
+        let (prefix, id) = match &self.kind {
+            Some(Kind::Agent(a)) => ("a:", &a.agent_id),
+            Some(Kind::Router(r)) => ("r:", &r.router_id),
+            Some(Kind::MediaServer(m)) => ("m:", &m.server_id),
+            Some(Kind::Admin(a)) => ("admin:", &a.subject),
+            Some(Kind::System(s)) => ("system:", &s.what),
+            Some(Kind::Service(s)) => ("service:", &s.subject),
+            Some(Kind::Reporter(r)) => ("reporter:", &r.subject),
+            None => return String::new(),
+        };
+        let mut key = String::with_capacity(prefix.len() + id.len());
+        key.push_str(prefix);
+        key.push_str(id);
+        key
     }
 
     /// A short readable form, `agent:a1@p1`, `router:r1`…, for logs and transcripts.

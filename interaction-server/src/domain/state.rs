@@ -522,37 +522,42 @@ impl State {
 
     /// Adds (or removes) the interaction's entries in the queue, deadline and holding indexes.
     fn index(&mut self, id: Uuid, add: bool) {
-        let Some(i) = self.interactions.get(&id) else {
+        // Borrowed field by field: the interaction is read while the indexes change.
+        let State {
+            interactions,
+            agents,
+            queues,
+            deadlines,
+        } = self;
+        let Some(i) = interactions.get(&id) else {
             return;
         };
-        let queue_key = (i.tenant.clone(), i.queue.clone());
-        let queued = (i.phase == Phase::Queued).then_some((queue_key, (i.queued_seq, id)));
-        let deadline = i.invite.as_ref().map(|inv| (inv.expires, id));
-        let tenant = i.tenant.clone();
-        let media = i.media_type.clone();
-        let holders: Vec<String> = i.holders().map(str::to_owned).collect();
-        if let Some((key, entry)) = queued {
-            let set = self.queues.entry(key.clone()).or_default();
+        if i.phase == Phase::Queued {
+            let key = (i.tenant.clone(), i.queue.clone());
+            let entry = (i.queued_seq, id);
             if add {
-                set.insert(entry);
-            } else {
+                queues.entry(key).or_default().insert(entry);
+            } else if let Some(set) = queues.get_mut(&key) {
                 set.remove(&entry);
                 if set.is_empty() {
-                    self.queues.remove(&key);
+                    queues.remove(&key);
                 }
             }
         }
-        if let Some(entry) = deadline {
+        if let Some(inv) = &i.invite {
+            let entry = (inv.expires, id);
             if add {
-                self.deadlines.insert(entry);
+                deadlines.insert(entry);
             } else {
-                self.deadlines.remove(&entry);
+                deadlines.remove(&entry);
             }
         }
-        for agent_id in holders {
-            let agent = self.agent_mut(&tenant, &agent_id);
+        for agent_id in i.holders() {
+            let agent = agents
+                .entry(AgentKey::new(&i.tenant, agent_id))
+                .or_insert_with_key(Agent::new);
             if add {
-                agent.holding.insert(id, media.clone());
+                agent.holding.insert(id, i.media_type.clone());
             } else {
                 agent.holding.remove(&id);
             }

@@ -142,8 +142,34 @@ impl super::Tx for Batch<'_> {
     fn save_interaction(
         &mut self,
         i: &Interaction,
-        _expected: Option<u64>,
+        expected: Option<u64>,
     ) -> Result<(), StoreError> {
+        let c = Columns::of(i);
+        let mut id = uuid::Uuid::encode_buffer();
+        let id: &str = i.id.hyphenated().encode_lower(&mut id);
+        let body = i.to_proto().encode_to_vec();
+        if expected.is_some() {
+            // The row is there (this process wrote it): an UPDATE finds it with one search, where
+            // an INSERT … ON CONFLICT searches for the conflict first and then updates.
+            let mut stmt = self.tx().prepare_cached(
+                "UPDATE interactions SET state = ?2, queue = ?3, owner = ?4, invitee = ?5,
+                   queued_seq = ?6, version = ?7, body = ?8
+                 WHERE id = ?1",
+            )?;
+            let updated = stmt.execute(params![
+                id,
+                c.state,
+                i.queue,
+                c.owner,
+                c.invitee,
+                i.queued_seq as i64,
+                i.version as i64,
+                body,
+            ])?;
+            if updated == 1 {
+                return Ok(());
+            }
+        }
         let mut stmt = self.tx().prepare_cached(
             "INSERT INTO interactions (id, tenant, state, queue, owner, invitee, submitter, queued_seq, version, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -151,9 +177,8 @@ impl super::Tx for Batch<'_> {
                owner = excluded.owner, invitee = excluded.invitee, queued_seq = excluded.queued_seq,
                version = excluded.version, body = excluded.body",
         )?;
-        let c = Columns::of(i);
         stmt.execute(params![
-            i.id.to_string(),
+            id,
             i.tenant,
             c.state,
             i.queue,
@@ -162,7 +187,7 @@ impl super::Tx for Batch<'_> {
             c.submitter,
             i.queued_seq as i64,
             i.version as i64,
-            i.to_proto().encode_to_vec(),
+            body,
         ])?;
         Ok(())
     }
