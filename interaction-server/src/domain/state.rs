@@ -553,22 +553,13 @@ impl State {
             }
         }
         for agent_id in i.holders() {
-            let agent = agents
-                .entry(AgentKey::new(&i.tenant, agent_id))
-                .or_insert_with_key(Agent::new);
+            let agent = agent_entry(agents, &i.tenant, agent_id);
             if add {
                 agent.holding.insert(id, i.media_type.clone());
             } else {
                 agent.holding.remove(&id);
             }
         }
-    }
-
-    fn agent_mut(&mut self, tenant: &str, agent_id: &str) -> &mut Agent {
-        let key = AgentKey::new(tenant, agent_id);
-        self.agents
-            .entry(key.clone())
-            .or_insert_with(|| Agent::new(&key))
     }
 
     fn agent_event(
@@ -578,7 +569,7 @@ impl State {
         change: impl FnOnce(&mut Agent),
     ) {
         if let Some(party) = party {
-            let agent = self.agent_mut(tenant, &party.agent_id);
+            let agent = agent_entry(&mut self.agents, tenant, &party.agent_id);
             change(agent);
             agent.version += 1;
         }
@@ -617,6 +608,17 @@ impl Agent {
             version: p.version,
         }
     }
+}
+
+/// The agent's entry, made (logged out, holding nothing) if it was never seen.
+fn agent_entry<'a>(
+    agents: &'a mut HashMap<AgentKey, Agent>,
+    tenant: &str,
+    agent_id: &str,
+) -> &'a mut Agent {
+    agents
+        .entry(AgentKey::new(tenant, agent_id))
+        .or_insert_with_key(Agent::new)
 }
 
 /// A short key naming a party in the store's columns: `a:<agent>`, `r:<router>`, `m:<server>`.
