@@ -49,19 +49,19 @@ CREATE TABLE IF NOT EXISTS request_outcomes (
 CREATE INDEX IF NOT EXISTS request_outcomes_created ON request_outcomes (created_us);
 ";
 
-/// The recorded outcome of a request, on any connection (the writer's transaction or a reader).
+/// The recorded outcome of a request, by its key (tenant, subject, method, request id).
+static LOOKUP_REQUEST: &str = "SELECT fingerprint, response FROM request_outcomes
+     WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4";
+
+/// The recorded outcome of a request, with `stmt` prepared from [`LOOKUP_REQUEST`].
 fn lookup_request(
-    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
     tenant: &str,
     subject: &str,
     method: &str,
     request_id: &str,
 ) -> Result<Option<StoredRequest>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT fingerprint, response FROM request_outcomes
-             WHERE tenant = ?1 AND subject = ?2 AND method = ?3 AND request_id = ?4",
-        )?
+    Ok(stmt
         .query_row(params![tenant, subject, method, request_id], |r| {
             Ok(StoredRequest {
                 fingerprint: r.get(0)?,
@@ -307,10 +307,15 @@ impl Database {
                 tracing::warn!(path = %self.path.display(), error = %e, "a checkpoint failed");
             }
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Unchecked: the transaction borrows the connection shared, as the statements the batch
+        // holds do; `&mut self` still keeps a second batch from starting beside this one.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         Ok(Batch {
+            held: Vec::new(),
+            conn: &self.conn,
             tx,
             commit_point: &self.commit_point,
         })
@@ -318,41 +323,75 @@ impl Database {
 
     /// Whether the store takes a write: a one-row transaction, committed (and synced).
     pub fn probe(&mut self) -> Result<(), StoreError> {
-        let batch = self.begin()?;
+        let mut batch = self.begin()?;
         batch
-            .tx
-            .execute("UPDATE meta SET value = value WHERE key = 'schema'", [])?;
+            .statement("UPDATE meta SET value = value WHERE key = 'schema'")?
+            .execute([])?;
         batch.commit()
     }
 }
 
 /// One open transaction of the writer: everything in it commits together or not at all.
 pub struct Batch<'a> {
+    /// The statements this batch has run, held until it ends ([`Batch::statement`]). First, so
+    /// that they go back to the connection's cache before the transaction ends.
+    held: Vec<(&'static str, rusqlite::CachedStatement<'a>)>,
+    conn: &'a Connection,
     tx: rusqlite::Transaction<'a>,
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     commit_point: &'a str,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     /// The transaction, for a service's own tables.
     pub fn tx(&self) -> &rusqlite::Transaction<'_> {
         &self.tx
     }
 
+    /// The statement for `sql`, prepared (or taken from the connection's cache) the first time this
+    /// batch runs it and held until the batch ends. A batch writes the same few statements for
+    /// every command in it; taking one from the cache for each row hashes its text and copies it
+    /// into a new key, and gives it back (hashed again) after the row, which costs more than
+    /// binding the row. Held statements are found by the address of their text, so `sql` is a
+    /// literal or a `static` (two copies of one text are only prepared twice).
+    pub fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<&mut rusqlite::Statement<'a>, StoreError> {
+        let at = match self
+            .held
+            .iter()
+            .position(|(held, _)| std::ptr::eq(*held, sql))
+        {
+            Some(at) => at,
+            None => {
+                self.held.push((sql, self.conn.prepare_cached(sql)?));
+                self.held.len() - 1
+            }
+        };
+        Ok(&mut self.held[at].1)
+    }
+
     /// The recorded outcome of a request, if any (including one recorded earlier in this batch).
     pub fn request(
-        &self,
+        &mut self,
         tenant: &str,
         subject: &str,
         method: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StoreError> {
-        lookup_request(&self.tx, tenant, subject, method, request_id)
+        lookup_request(
+            self.statement(LOOKUP_REQUEST)?,
+            tenant,
+            subject,
+            method,
+            request_id,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn record_request(
-        &self,
+        &mut self,
         tenant: &str,
         subject: &str,
         method: &str,
@@ -361,11 +400,11 @@ impl Batch<'_> {
         response: &[u8],
         now: Micros,
     ) -> Result<(), StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        self.statement(
             "INSERT INTO request_outcomes (tenant, subject, method, request_id, fingerprint, response, created_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        stmt.execute(params![
+        )?
+        .execute(params![
             tenant,
             subject,
             method,
@@ -386,12 +425,12 @@ impl Batch<'_> {
     }
 
     /// Appends one event to the log.
-    pub fn append(&self, entry: &LogEntry) -> Result<(), StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+    pub fn append(&mut self, entry: &LogEntry) -> Result<(), StoreError> {
+        self.statement(
             "INSERT INTO events (sequence, tenant, kind, interaction_id, reporting, recipients, submitter, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        stmt.execute(params![
+        )?
+        .execute(params![
             entry.sequence as i64,
             entry.tenant,
             entry.kind,
@@ -412,7 +451,9 @@ impl Batch<'_> {
                 "the store is unreachable (fault point)",
             )));
         }
-        Ok(self.tx.commit()?)
+        let Batch { held, tx, .. } = self;
+        drop(held);
+        Ok(tx.commit()?)
     }
 }
 
@@ -471,7 +512,10 @@ impl Readers {
         method: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StoreError> {
-        self.with(|c| lookup_request(c, tenant, subject, method, request_id))
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(LOOKUP_REQUEST)?;
+            lookup_request(&mut stmt, tenant, subject, method, request_id)
+        })
     }
 
     /// Up to `limit` events after `after`, in sequence order.
@@ -608,7 +652,7 @@ mod tests {
             .unwrap();
         }
         let mut db = Database::open(dir.path(), "t.db", "", 2).unwrap();
-        let tx = db.begin().unwrap();
+        let mut tx = db.begin().unwrap();
         let found = tx.request("t1", "a1", "Submit", "r-1").unwrap().unwrap();
         assert_eq!(found.fingerprint, [1]);
         assert_eq!(found.response, [2, 3]);
@@ -629,7 +673,7 @@ mod tests {
             Err(StoreError::NewerSchema { found: 2, known: 1 })
         ));
         let mut db = Database::open(dir.path(), "t.db", "", 2).unwrap();
-        let tx = db.begin().unwrap();
+        let mut tx = db.begin().unwrap();
         assert!(tx.request("t1", "a1", "Submit", "r-1").unwrap().is_some());
     }
 

@@ -127,10 +127,8 @@ impl super::Store for Sqlite {
 
 impl super::Tx for Batch<'_> {
     fn interaction(&mut self, id: Uuid) -> Result<Option<Interaction>, StoreError> {
-        let mut stmt = self
-            .tx()
-            .prepare_cached("SELECT body, queued_seq FROM interactions WHERE id = ?1")?;
-        let row = stmt
+        let row = self
+            .statement("SELECT body, queued_seq FROM interactions WHERE id = ?1")?
             .query_row([id.to_string()], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
             })
@@ -151,33 +149,34 @@ impl super::Tx for Batch<'_> {
         if expected.is_some() {
             // The row is there (this process wrote it): an UPDATE finds it with one search, where
             // an INSERT … ON CONFLICT searches for the conflict first and then updates.
-            let mut stmt = self.tx().prepare_cached(
-                "UPDATE interactions SET state = ?2, queue = ?3, owner = ?4, invitee = ?5,
+            let updated = self
+                .statement(
+                    "UPDATE interactions SET state = ?2, queue = ?3, owner = ?4, invitee = ?5,
                    queued_seq = ?6, version = ?7, body = ?8
                  WHERE id = ?1",
-            )?;
-            let updated = stmt.execute(params![
-                id,
-                c.state,
-                i.queue,
-                c.owner,
-                c.invitee,
-                i.queued_seq as i64,
-                i.version as i64,
-                body,
-            ])?;
+                )?
+                .execute(params![
+                    id,
+                    c.state,
+                    i.queue,
+                    c.owner,
+                    c.invitee,
+                    i.queued_seq as i64,
+                    i.version as i64,
+                    body,
+                ])?;
             if updated == 1 {
                 return Ok(());
             }
         }
-        let mut stmt = self.tx().prepare_cached(
+        self.statement(
             "INSERT INTO interactions (id, tenant, state, queue, owner, invitee, submitter, queued_seq, version, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue,
                owner = excluded.owner, invitee = excluded.invitee, queued_seq = excluded.queued_seq,
                version = excluded.version, body = excluded.body",
-        )?;
-        stmt.execute(params![
+        )?
+        .execute(params![
             id,
             i.tenant,
             c.state,
@@ -198,11 +197,11 @@ impl super::Tx for Batch<'_> {
         _expected: u64,
         _version: u64,
     ) -> Result<(), StoreError> {
-        let mut stmt = self.tx().prepare_cached(
+        self.statement(
             "INSERT INTO agents (tenant, agent_id, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (tenant, agent_id) DO UPDATE SET body = excluded.body",
-        )?;
-        stmt.execute(params![agent.tenant, agent.agent_id, agent.encode_to_vec()])?;
+        )?
+        .execute(params![agent.tenant, agent.agent_id, agent.encode_to_vec()])?;
         Ok(())
     }
 }

@@ -124,8 +124,7 @@ impl super::Store for Sqlite {
 
 impl Rows for Batch<'_> {
     fn save_session(&mut self, s: &Session, _was: Option<u64>) -> Result<(), StoreError> {
-        self.tx()
-            .prepare_cached(
+        self.statement(
                 "INSERT INTO sessions (session_id, tenant, agent_id, state, body) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, body = excluded.body",
             )?
@@ -140,31 +139,30 @@ impl Rows for Batch<'_> {
     }
 
     fn save_mirror(&mut self, change: &MirrorChange) -> Result<(), StoreError> {
-        let tx = self.tx();
         match change {
             MirrorChange::Media { interaction, media } => {
-                tx.prepare_cached(
+                self.statement(
                     "INSERT INTO interaction_media (interaction_id, media) VALUES (?1, ?2)
                      ON CONFLICT (interaction_id) DO UPDATE SET media = excluded.media",
                 )?
                 .execute(params![interaction, media])?;
             }
             MirrorChange::Hold { agent, interaction } => {
-                tx.prepare_cached(
+                self.statement(
                     "INSERT OR IGNORE INTO holdings (tenant, agent_id, interaction_id) VALUES (?1, ?2, ?3)",
                 )?
                 .execute(params![agent.0, agent.1, interaction])?;
             }
             MirrorChange::Release { agent, interaction } => {
-                tx.prepare_cached(
+                self.statement(
                     "DELETE FROM holdings WHERE tenant = ?1 AND agent_id = ?2 AND interaction_id = ?3",
                 )?
                 .execute(params![agent.0, agent.1, interaction])?;
             }
             MirrorChange::Forget { interaction } => {
-                tx.prepare_cached("DELETE FROM holdings WHERE interaction_id = ?1")?
+                self.statement("DELETE FROM holdings WHERE interaction_id = ?1")?
                     .execute([interaction])?;
-                tx.prepare_cached("DELETE FROM interaction_media WHERE interaction_id = ?1")?
+                self.statement("DELETE FROM interaction_media WHERE interaction_id = ?1")?
                     .execute([interaction])?;
             }
         }
@@ -172,19 +170,18 @@ impl Rows for Batch<'_> {
     }
 
     fn save_cursor(&mut self, _from: u64, cursor: u64) -> Result<(), StoreError> {
-        self.tx()
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('relay_cursor', ?1)
+        self.statement(
+            "INSERT INTO meta (key, value) VALUES ('relay_cursor', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([cursor as i64])?;
+        )?
+        .execute([cursor as i64])?;
         Ok(())
     }
 
     fn sessions(&mut self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
-            found.extend(one_session(self.tx(), id)?);
+            found.extend(one_session(self.statement(SESSION)?, id)?);
         }
         Ok(found)
     }
@@ -192,12 +189,18 @@ impl Rows for Batch<'_> {
 
 /// A session in any state, disposed ones included.
 pub(super) fn session(readers: &Readers, session_id: &str) -> Result<Option<Session>, StoreError> {
-    readers.with(|c| one_session(c, session_id))
+    readers.with(|c| one_session(&mut *c.prepare_cached(SESSION)?, session_id))
 }
 
-fn one_session(c: &rusqlite::Connection, session_id: &str) -> Result<Option<Session>, StoreError> {
-    let body = c
-        .prepare_cached("SELECT body FROM sessions WHERE session_id = ?1")?
+/// A session's row, by its id.
+static SESSION: &str = "SELECT body FROM sessions WHERE session_id = ?1";
+
+/// The session, with `stmt` prepared from [`SESSION`].
+fn one_session(
+    stmt: &mut rusqlite::Statement<'_>,
+    session_id: &str,
+) -> Result<Option<Session>, StoreError> {
+    let body = stmt
         .query_row([session_id], |r| r.get::<_, Vec<u8>>(0))
         .optional()?;
     body.map(|b| decode(&b)).transpose()
