@@ -677,6 +677,54 @@ mod tests {
         assert!(tx.request("t1", "a1", "Submit", "r-1").unwrap().is_some());
     }
 
+    /// A batch takes each statement it runs from the cache once and holds it for every row after:
+    /// rows written through held statements are there once the batch commits, and gone with a
+    /// batch dropped uncommitted (the statements go back before the transaction rolls back).
+    #[test]
+    fn a_batch_holds_each_statement_it_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(dir.path(), "t.db", "", 1).unwrap();
+        let entry = |sequence| LogEntry {
+            sequence,
+            tenant: "t1".into(),
+            kind: "InteractionSubmitted",
+            interaction_id: None,
+            reporting: false,
+            recipients: vec!["a:agent-1".into()],
+            submitter: None,
+            event: crate::wire::SharedEvent::new(crate::events::Event {
+                sequence,
+                ..Default::default()
+            }),
+        };
+        let mut batch = db.begin().unwrap();
+        for sequence in 1..=3 {
+            batch.append(&entry(sequence)).unwrap();
+            let id = format!("r-{sequence}");
+            batch
+                .record_request("t1", "a1", "Submit", &id, &[1], &[2], 5)
+                .unwrap();
+            assert!(batch.request("t1", "a1", "Submit", &id).unwrap().is_some());
+        }
+        assert_eq!(batch.held.len(), 3, "one held statement per text");
+        batch.commit().unwrap();
+        assert_eq!(db.head().unwrap(), 3);
+
+        let mut batch = db.begin().unwrap();
+        batch.append(&entry(4)).unwrap();
+        batch
+            .record_request("t1", "a1", "Submit", "r-4", &[1], &[2], 5)
+            .unwrap();
+        drop(batch);
+        assert_eq!(db.head().unwrap(), 3);
+        let batch = db.begin().unwrap();
+        let outcomes: i64 = batch
+            .tx()
+            .query_row("SELECT count(*) FROM request_outcomes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(outcomes, 3);
+    }
+
     /// The WAL is checkpointed (off the writer) and reused: it stays near its checkpoint size
     /// however much is written, and what was written is all there after a reopen. Closing the
     /// database waits for the checkpoint thread, so the writer's connection is the last one and
