@@ -114,6 +114,8 @@ enum Job {
     Probe(oneshot::Sender<()>),
     /// How many interactions are in each state (for the metrics).
     Census(oneshot::Sender<Census>),
+    /// An agent as committed (GetAgent on the embedded store); `None` while the state is stale.
+    Agent(AgentKey, oneshot::Sender<Option<domain::Agent>>),
     /// Another replica committed: fold its events in.
     CatchUp,
 }
@@ -217,19 +219,33 @@ impl Engine {
 
     /// Has the writer try a write to the store, which reports the outcome to [`Engine::health`].
     pub async fn probe(&self) {
-        let (tx, rx) = oneshot::channel();
-        let jobs = self.jobs.read().expect("engine jobs").clone();
-        let Some(jobs) = jobs else { return };
-        if jobs.send(Job::Probe(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.ask(Job::Probe).await;
     }
 
     /// How many interactions are in each state; `None` while shutting down.
     pub async fn census(&self) -> Option<Census> {
+        self.ask(Job::Census).await
+    }
+
+    /// The agent as committed: its own state and what it holds, with each holding's media. On the
+    /// embedded store the writer's state between two batches is exactly what is committed, so the
+    /// writer answers from memory; on a shared store other replicas change agents too, and the
+    /// store is read.
+    pub async fn agent(&self, tenant: &str, agent_id: &str) -> Result<domain::Agent, Error> {
+        if let Some(read) = self.reads.shared_agent(tenant, agent_id).await {
+            return Ok(read?);
+        }
+        self.ask(|reply| Job::Agent(AgentKey::new(tenant, agent_id), reply))
+            .await
+            .ok_or(Error::Unavailable("the writer has stopped"))?
+            .ok_or(Error::Unavailable("the store is unreachable"))
+    }
+
+    /// Has the writer answer `job` between two batches; `None` while shutting down.
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         let jobs = self.jobs.read().expect("engine jobs").clone()?;
-        jobs.send(Job::Census(tx)).await.ok()?;
+        jobs.send(job(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -344,6 +360,15 @@ impl<S: Store> Writer<S> {
                 }
                 Job::Census(reply) => {
                     let _ = reply.send(self.core.census(&mut self.store));
+                }
+                Job::Agent(key, reply) => {
+                    // Before this batch: every earlier one is committed, and nothing else is in
+                    // the state (a failed commit reloads it, or leaves it stale).
+                    let agent = (!self.stale).then(|| {
+                        let agent = self.core.state.agents.get(&key);
+                        agent.cloned().unwrap_or_else(|| domain::Agent::new(&key))
+                    });
+                    let _ = reply.send(agent);
                 }
                 Job::CatchUp => {
                     // Cleared as soon as taken: a notification from now on queues another.
@@ -629,7 +654,7 @@ impl Core {
                 Job::Execute(s, _) => s.as_ref(),
                 Job::Expire => &system,
                 // Taken out of the batch before it opens.
-                Job::Probe(_) | Job::Census(_) | Job::CatchUp => {
+                Job::Probe(_) | Job::Census(_) | Job::Agent(..) | Job::CatchUp => {
                     out.answers.push(None);
                     continue;
                 }

@@ -168,7 +168,6 @@ impl AgentService for Api {
         validate::name("agent_id", &r.agent_id)?;
         let agent = self
             .engine
-            .reads
             .agent(&caller.tenant, &r.agent_id)
             .await
             .map_err(status)?;

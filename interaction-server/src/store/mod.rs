@@ -132,16 +132,17 @@ impl Reads {
         }
     }
 
-    /// The agent as committed: its row, and what it holds (read from the interactions' rows).
-    pub async fn agent(&self, tenant: &str, agent_id: &str) -> Result<Agent, StoreError> {
+    /// The agent as committed, on a store several replicas share: its row, and what it holds (read
+    /// from the interactions' rows). `None` on the embedded store, whose writer holds the committed
+    /// state of every agent and answers instead ([`crate::engine::Engine::agent`]).
+    pub async fn shared_agent(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+    ) -> Option<Result<Agent, StoreError>> {
         match self {
-            Reads::Sqlite(readers) => {
-                let (tenant, agent_id) = (tenant.to_owned(), agent_id.to_owned());
-                readers
-                    .run(move |r| sqlite::agent(r, &tenant, &agent_id))
-                    .await
-            }
-            Reads::Postgres(pool) => postgres::agent(pool, tenant, agent_id).await,
+            Reads::Sqlite(_) => None,
+            Reads::Postgres(pool) => Some(postgres::agent(pool, tenant, agent_id).await),
         }
     }
 
