@@ -277,14 +277,10 @@ pub(super) fn list(readers: &Readers, q: &ListQuery) -> Result<Vec<pb::Interacti
 mod tests {
     use super::*;
 
-    /// What SQLite plans for `sql`, one line per step.
-    fn plan(store: &Sqlite, sql: &str) -> Vec<String> {
-        let mut stmt = store
-            .db
-            .conn()
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap();
-        let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+    /// The text column `column` of every row `sql` returns.
+    fn texts(store: &Sqlite, sql: &str, column: usize) -> Vec<String> {
+        let mut stmt = store.db.conn().prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(column)).unwrap();
         rows.map(Result::unwrap).collect()
     }
 
@@ -294,21 +290,16 @@ mod tests {
         let store = Sqlite::open(dir.path()).unwrap();
         // Start-up reads the live ones alone, however many stopped ones the table keeps.
         assert_eq!(
-            plan(&store, LIVE),
+            texts(&store, &format!("EXPLAIN QUERY PLAN {LIVE}"), 3),
             ["SCAN interactions USING INDEX interactions_live"]
         );
         // An interaction changing hands rewrites its row and no index entry elsewhere: the only
         // indexes are the ones by tenant and of the live interactions, both in id order.
-        let mut stmt = store
-            .db
-            .conn()
-            .prepare("SELECT name FROM pragma_index_list('interactions') WHERE origin = 'c' ORDER BY name")
-            .unwrap();
-        let names: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let names = texts(
+            &store,
+            "SELECT name FROM pragma_index_list('interactions') WHERE origin = 'c' ORDER BY name",
+            0,
+        );
         assert_eq!(names, ["interactions_live", "interactions_tenant"]);
     }
 }
