@@ -27,9 +27,8 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement, Transaction};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
 /// Readers' pool size: reads are short, and a replica is one of several.
 const POOL_SIZE: usize = 16;
@@ -103,6 +102,37 @@ async fn connect(config: &Config) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// The writer's own runtime: its connection is driven on the writer's thread, inside each
+/// `block_on`. A round trip is then one socket write and one wait in the writer's own poll, with no
+/// hand-off to a runtime worker and back (two thread wake-ups per statement, which cost more than
+/// the statement on a small machine). Between batches nothing drives the connection; it has
+/// nothing in flight then, and [`Database::client`] lets it read what arrived (a closed socket)
+/// before each batch.
+struct WriterRuntime(Option<tokio::runtime::Runtime>);
+
+impl WriterRuntime {
+    fn new() -> Result<WriterRuntime, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(WriterRuntime(Some(rt)))
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.0.as_ref().expect("until dropped").block_on(future)
+    }
+}
+
+impl Drop for WriterRuntime {
+    fn drop(&mut self) {
+        // A store may be dropped on a runtime thread (a test's, or a failed start), where an
+        // ordinary runtime drop would block.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Bounds on the writer's connection. The writers' lock is held by an open transaction: one that a
 /// stalled or cut-off replica leaves open is ended by the server, and a writer waiting for the lock
 /// (or a statement that hangs) gives up, so health turns NOT_SERVING rather than everything
@@ -168,9 +198,10 @@ async fn migrate(config: &Config, mut migrations: Migrations) -> Result<(), Stor
 /// pool, and the log's notification channel.
 pub struct Database {
     config: Config,
+    /// The writer's connection, opened on the writer's thread at its first use.
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
-    rt: Handle,
+    rt: WriterRuntime,
     channel: String,
     /// Names this process in its notifications, so that it does not read back its own commits.
     replica: String,
@@ -200,8 +231,8 @@ impl Database {
     ) -> Result<Database, StoreError> {
         let config = config(url)?;
         migrate(&config, migrations).await?;
-        let client = connect_writer(&config).await?;
-        let schema: String = client
+        let schema: String = connect(&config)
+            .await?
             .query_one("SELECT current_schema()::text", &[])
             .await?
             .get(0);
@@ -224,9 +255,9 @@ impl Database {
         let (readers, locks) = (pool(POOL_SIZE)?, pool(LOCKS_POOL_SIZE)?);
         Ok(Database {
             config,
-            client: Some(client),
+            client: None,
             statements: HashMap::new(),
-            rt: Handle::current(),
+            rt: WriterRuntime::new()?,
             channel,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             pool: readers,
@@ -252,6 +283,11 @@ impl Database {
 
     /// The writer's connection, reconnected if it was lost.
     fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_some() {
+            // The connection runs only inside `block_on`: one turn lets it see a socket that was
+            // closed while the writer waited for work, so the batch goes to a new one.
+            self.rt.block_on(tokio::task::yield_now());
+        }
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.statements.clear();
@@ -267,9 +303,9 @@ impl Database {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let rt = self.rt.clone();
-        let client = self.client()?;
-        Ok(rt.block_on(client.query(sql, params))?)
+        self.client()?;
+        let client = self.client.as_ref().expect("connected above");
+        Ok(self.rt.block_on(client.query(sql, params))?)
     }
 
     /// Up to `limit` committed events after `after` (no lock: committed events are contiguous).
@@ -278,12 +314,13 @@ impl Database {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<LogEntry>>, StoreError> {
-        let rt = self.rt.clone();
-        let client = self.client()?;
-        rt.block_on(read_events(client, after, limit))
+        self.client()?;
+        let client = self.client.as_ref().expect("connected above");
+        self.rt.block_on(read_events(client, after, limit))
     }
 
-    /// Opens a batch's transaction and takes the writers' lock; the head it reads is current.
+    /// Opens a batch's transaction and takes the writers' lock; the head it reads is current. The
+    /// `BEGIN` and the lock's statement go out together: one round trip.
     pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
         self.client()?;
         let Database {
@@ -295,30 +332,36 @@ impl Database {
             commit_point,
             ..
         } = self;
-        let client = client.as_mut().expect("connected above");
-        let tx = rt.block_on(client.transaction())?;
-        let head: i64 = rt
-            .block_on(tx.query_one("SELECT sequence FROM log_head WHERE id = 1 FOR UPDATE", &[]))?
-            .get(0);
-        Ok(Batch {
-            tx,
+        let client = client.as_ref().expect("connected above");
+        let mut batch = Batch {
+            client,
+            open: false,
             rt,
             statements,
             channel,
             replica,
             commit_point,
-            head: head as u64,
+            head: 0,
             events: EventColumns::default(),
             recorded: HashMap::new(),
             known: HashMap::new(),
             prune_before: None,
-        })
+        };
+        let lock = batch.statement("SELECT sequence FROM log_head WHERE id = 1 FOR UPDATE")?;
+        // From here on the batch ends its transaction when dropped, whatever comes back.
+        batch.open = true;
+        let (begun, head) = rt.block_on(async {
+            futures::join!(client.batch_execute("BEGIN"), client.query_one(&lock, &[]))
+        });
+        begun?;
+        batch.head = head?.get::<_, i64>(0) as u64;
+        Ok(batch)
     }
 
     /// Whether the store takes a write: a one-row transaction, committed.
     pub fn probe(&mut self) -> Result<(), StoreError> {
         let batch = self.begin()?;
-        batch.commit_with(|_| Ok(()))
+        batch.commit_with(|_| Ok(async { Ok(()) }))
     }
 
     /// Who may do what one replica at a time does (`name`), in this schema.
@@ -429,9 +472,15 @@ async fn listen(config: Config, channel: String, replica: String, changed: impl 
 }
 
 /// One open transaction of the writer. What it appends is buffered and written at commit.
+///
+/// The transaction is the writer connection's own (`BEGIN` … `COMMIT` as statements, rather than
+/// tokio-postgres's `Transaction`), so that its first statement can travel with the `BEGIN`; it is
+/// rolled back when the batch is dropped uncommitted.
 pub struct Batch<'a> {
-    tx: Transaction<'a>,
-    rt: &'a Handle,
+    client: &'a Client,
+    /// Whether the transaction may be open: a `BEGIN` was sent and no `COMMIT`.
+    open: bool,
+    rt: &'a WriterRuntime,
     statements: &'a mut HashMap<&'static str, Statement>,
     channel: &'a str,
     replica: &'a str,
@@ -452,9 +501,9 @@ impl<'a> Batch<'a> {
         self.rt.block_on(future)
     }
 
-    /// The transaction, for a service's own tables.
-    pub fn tx(&self) -> &Transaction<'a> {
-        &self.tx
+    /// The connection, inside the batch's transaction, for a service's own tables.
+    pub fn tx(&self) -> &'a Client {
+        self.client
     }
 
     /// A statement prepared once per connection.
@@ -462,18 +511,23 @@ impl<'a> Batch<'a> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.rt.block_on(self.tx.prepare(sql))?;
+        let s = self.rt.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql, s.clone());
         Ok(s)
     }
 
-    /// Writes what the batch buffered, then the service's rows (`rows`, which may refuse with
-    /// [`StoreError::Conflict`]), advances the head, notifies the other replicas and commits.
-    pub fn commit_with(
+    /// Writes the service's rows (the future `rows` makes, which may refuse with
+    /// [`StoreError::Conflict`]) together with what the batch buffered, advances the head,
+    /// notifies the other replicas and commits: every write goes out in one round trip, the
+    /// `COMMIT` in a second once they all succeeded.
+    pub fn commit_with<F>(
         mut self,
-        rows: impl FnOnce(&mut Batch<'a>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        rows(&mut self)?;
+        rows: impl FnOnce(&mut Batch<'a>) -> Result<F, StoreError>,
+    ) -> Result<(), StoreError>
+    where
+        F: std::future::Future<Output = Result<(), StoreError>> + 'a,
+    {
+        let rows_written = rows(&mut self)?;
         let events = std::mem::take(&mut self.events);
         let recorded = std::mem::take(&mut self.recorded);
         let insert_events = self.statement(
@@ -486,7 +540,7 @@ impl<'a> Batch<'a> {
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
                                   $6::bytea[], $7::bigint[])",
         )?;
-        let tx = &self.tx;
+        let tx = self.client;
         let head = self.head as i64;
         let channel = self.channel;
         let payload = format!("{} {head}", self.replica);
@@ -560,11 +614,12 @@ impl<'a> Batch<'a> {
                 }
             };
             futures::try_join!(
-                events_written,
-                requests_written,
-                head_moved,
-                notified,
-                pruned
+                rows_written,
+                async { Ok(events_written.await?) },
+                async { Ok(requests_written.await?) },
+                async { Ok(head_moved.await?) },
+                async { Ok(notified.await?) },
+                async { Ok(pruned.await?) },
             )
         })?;
         // Tests make the store unreachable with `commit <name>`.
@@ -574,7 +629,21 @@ impl<'a> Batch<'a> {
                 "the store is unreachable (fault point)",
             )));
         }
-        Ok(self.rt.block_on(self.tx.commit())?)
+        // Whatever the answer, the transaction is over: a failed COMMIT has ended it too.
+        self.open = false;
+        Ok(self.rt.block_on(self.client.batch_execute("COMMIT"))?)
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // On the writer's thread, before the connection's next batch. Should it fail, the
+            // connection is gone, and the server ends the transaction with it.
+            if let Err(e) = self.rt.block_on(self.client.batch_execute("ROLLBACK")) {
+                tracing::warn!(error = %e, "a batch could not be rolled back");
+            }
+        }
     }
 }
 
@@ -597,8 +666,7 @@ impl crate::store::Batch for Batch<'_> {
     }
 
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
-        self.rt
-            .block_on(read_events(self.tx.client(), after, limit))
+        self.rt.block_on(read_events(self.client, after, limit))
     }
 
     fn prefetch_requests(
@@ -614,7 +682,7 @@ impl crate::store::Batch for Batch<'_> {
             "SELECT fingerprint, response FROM requests
              WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
         )?;
-        let tx = &self.tx;
+        let tx = self.client;
         let found = self
             .rt
             .block_on(futures::future::try_join_all(keys.iter().map(
@@ -707,7 +775,7 @@ impl crate::store::Batch for Batch<'_> {
     }
 
     fn commit(self) -> Result<(), StoreError> {
-        self.commit_with(|_| Ok(()))
+        self.commit_with(|_| Ok(async { Ok(()) }))
     }
 }
 
@@ -774,7 +842,7 @@ impl Drop for Advisory {
         let Some(client) = self.client.take() else {
             return;
         };
-        match Handle::try_current() {
+        match tokio::runtime::Handle::try_current() {
             // Runs after whatever the connection still has to do: the pool gets it back unlocked.
             Ok(rt) => {
                 rt.spawn(async move {
