@@ -23,7 +23,7 @@ use crate::store::{
     BoxFuture, History, REPLAY_CHUNK, RequestKey, StoreError, StoredRequest, encode_recipients,
     entry_from_row,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryFutureExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -615,11 +615,11 @@ impl<'a> Batch<'a> {
             };
             futures::try_join!(
                 rows_written,
-                async { Ok(events_written.await?) },
-                async { Ok(requests_written.await?) },
-                async { Ok(head_moved.await?) },
-                async { Ok(notified.await?) },
-                async { Ok(pruned.await?) },
+                events_written.err_into(),
+                requests_written.err_into(),
+                head_moved.err_into(),
+                notified.err_into(),
+                pruned.err_into(),
             )
         })?;
         // Tests make the store unreachable with `commit <name>`.

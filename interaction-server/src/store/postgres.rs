@@ -290,137 +290,90 @@ fn write_rows<'a>(
         "UPDATE agents SET version = $3, body = $4
          WHERE tenant = $1 AND agent_id = $2 AND version = $5",
     )?;
-    let statements = Statements {
-        insert,
-        update,
-        insert_agents,
-        update_agents,
-    };
     let tx = b.tx();
     Ok(async move {
-        let counts = written(
-            tx,
-            &statements,
-            &inserted,
-            &updated,
-            &new_agents,
-            &changed_agents,
-        )
-        .await?;
-        check(counts, &inserted, &updated, &new_agents, &changed_agents)
+        let inserts = async {
+            if inserted.is_empty() {
+                return Ok(0);
+            }
+            let c = InteractionColumns::of(&inserted);
+            let params: [&(dyn ToSql + Sync); 10] = [
+                &c.id,
+                &c.tenant,
+                &c.state,
+                &c.queue,
+                &c.owner,
+                &c.invitee,
+                &c.submitter,
+                &c.queued_seq,
+                &c.version,
+                &c.body,
+            ];
+            tx.execute(&insert, &params).await
+        };
+        let updates = futures::future::try_join_all(updated.iter().map(|r| {
+            let update = &update;
+            async move {
+                let state = r.columns.state as i16;
+                tx.execute(
+                    update,
+                    &[
+                        &r.id,
+                        &state,
+                        &r.queue,
+                        &r.columns.owner,
+                        &r.columns.invitee,
+                        &r.queued_seq,
+                        &r.version,
+                        &r.body,
+                        &r.expected,
+                    ],
+                )
+                .await
+            }
+        }));
+        let agent_inserts = async {
+            if new_agents.is_empty() {
+                return Ok(0);
+            }
+            let c = AgentColumns::of(&new_agents);
+            tx.execute(
+                &insert_agents,
+                &[&c.tenant, &c.agent_id, &c.version, &c.body],
+            )
+            .await
+        };
+        let agent_updates = futures::future::try_join_all(changed_agents.iter().map(|a| {
+            let update_agents = &update_agents;
+            async move {
+                tx.execute(
+                    update_agents,
+                    &[&a.tenant, &a.agent_id, &a.version, &a.body, &a.expected],
+                )
+                .await
+            }
+        }));
+        let counts = futures::try_join!(inserts, updates, agent_inserts, agent_updates)?;
+        let expected = (
+            inserted.len() as u64,
+            updated.len() as u64,
+            new_agents.len() as u64,
+            changed_agents.len() as u64,
+        );
+        let counts = (
+            counts.0,
+            counts.1.iter().sum::<u64>(),
+            counts.2,
+            counts.3.iter().sum::<u64>(),
+        );
+        if counts.0 != expected.0 || counts.1 != expected.1 {
+            return Err(StoreError::Conflict("an interaction's row".into()));
+        }
+        if counts.2 != expected.2 || counts.3 != expected.3 {
+            return Err(StoreError::Conflict("an agent's row".into()));
+        }
+        Ok(())
     })
-}
-
-/// The statements of [`write_rows`].
-struct Statements {
-    insert: tokio_postgres::Statement,
-    update: tokio_postgres::Statement,
-    insert_agents: tokio_postgres::Statement,
-    update_agents: tokio_postgres::Statement,
-}
-
-/// How many rows each kind of write changed.
-type Counts = (u64, Vec<u64>, u64, Vec<u64>);
-
-async fn written(
-    tx: &tokio_postgres::Client,
-    statements: &Statements,
-    inserted: &[Row],
-    updated: &[Row],
-    new_agents: &[AgentRow],
-    changed_agents: &[AgentRow],
-) -> Result<Counts, tokio_postgres::Error> {
-    let Statements {
-        insert,
-        update,
-        insert_agents,
-        update_agents,
-    } = statements;
-    let inserts = async {
-        if inserted.is_empty() {
-            return Ok(0);
-        }
-        let c = InteractionColumns::of(inserted);
-        let params: [&(dyn ToSql + Sync); 10] = [
-            &c.id,
-            &c.tenant,
-            &c.state,
-            &c.queue,
-            &c.owner,
-            &c.invitee,
-            &c.submitter,
-            &c.queued_seq,
-            &c.version,
-            &c.body,
-        ];
-        tx.execute(insert, &params).await
-    };
-    let updates = futures::future::try_join_all(updated.iter().map(|r| async move {
-        let state = r.columns.state as i16;
-        tx.execute(
-            update,
-            &[
-                &r.id,
-                &state,
-                &r.queue,
-                &r.columns.owner,
-                &r.columns.invitee,
-                &r.queued_seq,
-                &r.version,
-                &r.body,
-                &r.expected,
-            ],
-        )
-        .await
-    }));
-    let agent_inserts = async {
-        if new_agents.is_empty() {
-            return Ok(0);
-        }
-        let c = AgentColumns::of(new_agents);
-        tx.execute(
-            insert_agents,
-            &[&c.tenant, &c.agent_id, &c.version, &c.body],
-        )
-        .await
-    };
-    let agent_updates = futures::future::try_join_all(changed_agents.iter().map(|a| async move {
-        tx.execute(
-            update_agents,
-            &[&a.tenant, &a.agent_id, &a.version, &a.body, &a.expected],
-        )
-        .await
-    }));
-    futures::try_join!(inserts, updates, agent_inserts, agent_updates)
-}
-
-/// Refuses the batch if a compare-and-set found its row changed.
-fn check(
-    counts: Counts,
-    inserted: &[Row],
-    updated: &[Row],
-    new_agents: &[AgentRow],
-    changed_agents: &[AgentRow],
-) -> Result<(), StoreError> {
-    let expected = (
-        inserted.len() as u64,
-        updated.len() as u64,
-        new_agents.len() as u64,
-        changed_agents.len() as u64,
-    );
-    let counts = (
-        counts.0,
-        counts.1.iter().sum::<u64>(),
-        counts.2,
-        counts.3.iter().sum::<u64>(),
-    );
-    if counts.0 != expected.0 || counts.1 != expected.1 {
-        return Err(StoreError::Conflict("an interaction's row".into()));
-    }
-    if counts.2 != expected.2 || counts.3 != expected.3 {
-        return Err(StoreError::Conflict("an agent's row".into()));
-    }
-    Ok(())
 }
 
 #[derive(Default)]
