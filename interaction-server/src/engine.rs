@@ -510,7 +510,17 @@ impl<S: Store> Writer<S> {
 
     /// One attempt at a batch, in one transaction.
     fn attempt(&mut self, batch: &[Job], now: Micros, out: &mut Outcome) -> Result<(), StoreError> {
-        let mut tx = self.store.begin()?;
+        let mut tx = self
+            .store
+            .begin(&mut batch.iter().filter_map(|job| match job {
+                Job::Execute(s, _) if !s.request_id.is_empty() => Some((
+                    s.caller.tenant.clone(),
+                    s.caller.sub.clone(),
+                    s.command.name().to_owned(),
+                    s.request_id.clone(),
+                )),
+                _ => None,
+            }))?;
         let core = &mut self.core;
         if let Some(head) = tx.shared_head() {
             // Under the writers' lock: what other replicas committed comes first.
@@ -522,15 +532,6 @@ impl<S: Store> Writer<S> {
                 core.fold_foreign(entries)?;
             }
         }
-        tx.prefetch_requests(&mut batch.iter().filter_map(|job| match job {
-            Job::Execute(s, _) if !s.request_id.is_empty() => Some((
-                s.caller.tenant.clone(),
-                s.caller.sub.clone(),
-                s.command.name().to_owned(),
-                s.request_id.clone(),
-            )),
-            _ => None,
-        }))?;
         core.apply(&mut tx, batch, now, out)?;
         if now - self.last_prune > PRUNE_EVERY_US {
             tx.prune_requests(now - REQUEST_RETENTION_US)?;

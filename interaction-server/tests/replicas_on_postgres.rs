@@ -333,15 +333,53 @@ mod replicas {
         b.stop().await;
     }
 
-    #[tokio::test]
-    async fn a_database_migrated_by_a_newer_build_is_refused_with_its_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(dir.path()).await;
+    /// A connection to the database a server made (and stopped) in `dir`, and its URL.
+    async fn migrated(dir: &std::path::Path) -> (tokio_postgres::Client, String) {
+        let server = TestServer::start(dir).await;
         server.stop().await;
-        let url = database_url(dir.path()).await.unwrap();
+        let url = database_url(dir).await.unwrap();
         let config: tokio_postgres::Config = url.parse().unwrap();
         let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
+        (client, url)
+    }
+
+    #[tokio::test]
+    async fn request_outcomes_are_keyed_by_request_id_first_and_compared_byte_by_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, _) = migrated(dir.path()).await;
+        let key: Vec<(String, Option<String>)> = client
+            .query(
+                "SELECT a.attname::text, c.collname::text
+                 FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 LEFT JOIN pg_collation c ON c.oid = a.attcollation
+                 WHERE i.indrelid = 'requests'::regclass AND i.indisprimary
+                 ORDER BY k.n",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let c = Some("C".to_owned());
+        assert_eq!(
+            key,
+            vec![
+                ("request_id".to_owned(), c.clone()),
+                ("tenant".to_owned(), c.clone()),
+                ("subject".to_owned(), c.clone()),
+                ("method".to_owned(), c),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_build_is_refused_with_its_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, url) = migrated(dir.path()).await;
         client
             .execute(
                 "INSERT INTO interaction_server_migrations (version, name, applied_on, checksum)
@@ -364,7 +402,7 @@ mod replicas {
             Err(ServeError::Store(
                 e @ StoreError::NewerSchema {
                     found: 999,
-                    known: 2,
+                    known: 3,
                 },
             )) => {
                 let message = e.to_string();

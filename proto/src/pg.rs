@@ -322,6 +322,13 @@ impl Database {
     /// Opens a batch's transaction and takes the writers' lock; the head it reads is current. The
     /// `BEGIN` and the lock's statement go out together: one round trip.
     pub fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+        self.begin_reading(Vec::new())
+    }
+
+    /// [`Database::begin`], reading the recorded outcomes of `requests` (the batch's) in the same
+    /// round trip, so that [`crate::store::Batch::request`] need not ask for each. The look-ups
+    /// run after the lock is granted: they see every outcome committed before the batch.
+    pub fn begin_reading(&mut self, requests: Vec<RequestKey>) -> Result<Batch<'_>, StoreError> {
         self.client()?;
         let Database {
             client,
@@ -348,13 +355,19 @@ impl Database {
             prune_before: None,
         };
         let lock = batch.statement("SELECT sequence FROM log_head WHERE id = 1 FOR UPDATE")?;
+        let lookups = batch.look_up(&requests)?;
         // From here on the batch ends its transaction when dropped, whatever comes back.
         batch.open = true;
-        let (begun, head) = rt.block_on(async {
-            futures::join!(client.batch_execute("BEGIN"), client.query_one(&lock, &[]))
+        let (begun, head, found) = rt.block_on(async {
+            futures::join!(
+                client.batch_execute("BEGIN"),
+                client.query_one(&lock, &[]),
+                lookups
+            )
         });
         begun?;
         batch.head = head?.get::<_, i64>(0) as u64;
+        batch.known.extend(requests.into_iter().zip(found?));
         Ok(batch)
     }
 
@@ -516,6 +529,34 @@ impl<'a> Batch<'a> {
         Ok(s)
     }
 
+    /// The recorded outcomes of `keys`, in their order: one statement per request (each found by
+    /// the primary key), sent together when the future is first polled.
+    fn look_up<'k>(
+        &mut self,
+        keys: &'k [RequestKey],
+    ) -> Result<
+        impl Future<Output = Result<Vec<Option<StoredRequest>>, tokio_postgres::Error>> + use<'a, 'k>,
+        StoreError,
+    > {
+        let statement = self.statement(
+            "SELECT fingerprint, response FROM requests
+             WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
+        )?;
+        let tx = self.client;
+        Ok(futures::future::try_join_all(keys.iter().map(
+            move |(t, s, m, i)| {
+                let statement = statement.clone();
+                async move {
+                    let row = tx.query_opt(&statement, &[t, s, m, i]).await?;
+                    Ok(row.map(|r| StoredRequest {
+                        fingerprint: r.get(0),
+                        response: r.get(1),
+                    }))
+                }
+            },
+        )))
+    }
+
     /// Writes the service's rows (the future `rows` makes, which may refuse with
     /// [`StoreError::Conflict`]) together with what the batch buffered, advances the head,
     /// notifies the other replicas and commits: every write goes out in one round trip, the
@@ -669,38 +710,6 @@ impl crate::store::Batch for Batch<'_> {
         self.rt.block_on(read_events(self.client, after, limit))
     }
 
-    fn prefetch_requests(
-        &mut self,
-        keys: &mut dyn Iterator<Item = RequestKey>,
-    ) -> Result<(), StoreError> {
-        let keys: Vec<RequestKey> = keys.collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        // One statement per request, sent together: each is found by the primary key.
-        let statement = self.statement(
-            "SELECT fingerprint, response FROM requests
-             WHERE tenant = $1 AND subject = $2 AND method = $3 AND request_id = $4",
-        )?;
-        let tx = self.client;
-        let found = self
-            .rt
-            .block_on(futures::future::try_join_all(keys.iter().map(
-                |(t, s, m, i)| {
-                    let statement = &statement;
-                    async move { tx.query_opt(statement, &[t, s, m, i]).await }
-                },
-            )))?;
-        for (key, row) in keys.into_iter().zip(found) {
-            let stored = row.map(|r| StoredRequest {
-                fingerprint: r.get(0),
-                response: r.get(1),
-            });
-            self.known.insert(key, stored);
-        }
-        Ok(())
-    }
-
     fn request(
         &mut self,
         tenant: &str,
@@ -717,10 +726,13 @@ impl crate::store::Batch for Batch<'_> {
         if let Some((stored, _)) = self.recorded.get(&key) {
             return Ok(Some(stored.clone()));
         }
-        if !self.known.contains_key(&key) {
-            crate::store::Batch::prefetch_requests(self, &mut std::iter::once(key.clone()))?;
+        if let Some(known) = self.known.get(&key) {
+            return Ok(known.clone());
         }
-        Ok(self.known.get(&key).cloned().flatten())
+        let lookup = self.look_up(std::slice::from_ref(&key))?;
+        let found = self.rt.block_on(lookup)?.pop().flatten();
+        self.known.insert(key, found.clone());
+        Ok(found)
     }
 
     fn record_request(

@@ -93,16 +93,6 @@ pub trait Batch {
     /// Up to `limit` committed events after `after`, in sequence order.
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError>;
 
-    /// Reads ahead the recorded outcomes of the batch's requests (tenant, subject, method,
-    /// request id), so that [`Batch::request`] need not ask the store for each; a store whose
-    /// lookups are local ignores it (and never builds the keys).
-    fn prefetch_requests(
-        &mut self,
-        _keys: &mut dyn Iterator<Item = RequestKey>,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// The recorded outcome of a request, if any (including one recorded earlier in this batch).
     fn request(
         &mut self,

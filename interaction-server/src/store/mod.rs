@@ -10,7 +10,7 @@ mod sqlite;
 use crate::domain::{Agent, AgentKey, Interaction, Phase, State};
 use ixn_proto::interaction as pb;
 use ixn_proto::log::LogEntry;
-use ixn_proto::store::{Batch, BoxFuture, History};
+use ixn_proto::store::{Batch, BoxFuture, History, RequestKey};
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -39,8 +39,14 @@ pub trait Store: Send + 'static {
     /// The state to decide against, and the head of the log.
     fn load(&mut self) -> Result<Loaded, StoreError>;
 
-    /// Starts a batch's transaction (on a shared store, under the writers' lock).
-    fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
+    /// Starts a batch's transaction (on a shared store, under the writers' lock). `requests` are
+    /// the batch's (tenant, subject, method, request id): a store whose look-ups are remote reads
+    /// their recorded outcomes in the same round trip; one whose look-ups are local never builds
+    /// the keys.
+    fn begin(
+        &mut self,
+        requests: &mut dyn Iterator<Item = RequestKey>,
+    ) -> Result<Self::Tx<'_>, StoreError>;
 
     /// Whether the store takes a write.
     fn probe(&mut self) -> Result<(), StoreError>;

@@ -15,7 +15,7 @@ use crate::domain::{Agent, Interaction, State};
 use ixn_proto::interaction as pb;
 use ixn_proto::log::LogEntry;
 use ixn_proto::pg::{self, Database, Migrations, Pool};
-use ixn_proto::store::{Batch, BoxFuture, StoreError, StoredRequest};
+use ixn_proto::store::{Batch, BoxFuture, RequestKey, StoreError, StoredRequest};
 use prost::Message;
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
@@ -78,9 +78,12 @@ impl super::Store for Postgres {
         Ok(loaded)
     }
 
-    fn begin(&mut self) -> Result<PgTx<'_>, StoreError> {
+    fn begin(
+        &mut self,
+        requests: &mut dyn Iterator<Item = RequestKey>,
+    ) -> Result<PgTx<'_>, StoreError> {
         Ok(PgTx {
-            batch: self.db.begin()?,
+            batch: self.db.begin_reading(requests.collect())?,
             inserted: Vec::new(),
             updated: Vec::new(),
             agents: Vec::new(),
@@ -148,13 +151,6 @@ impl Batch for PgTx<'_> {
 
     fn events_after(&mut self, after: u64, limit: usize) -> Result<Vec<Arc<LogEntry>>, StoreError> {
         self.batch.events_after(after, limit)
-    }
-
-    fn prefetch_requests(
-        &mut self,
-        keys: &mut dyn Iterator<Item = ixn_proto::store::RequestKey>,
-    ) -> Result<(), StoreError> {
-        self.batch.prefetch_requests(keys)
     }
 
     fn request(

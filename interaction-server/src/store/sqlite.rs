@@ -9,7 +9,7 @@ use crate::domain::{Agent, Interaction, State};
 use ixn_proto::interaction as pb;
 use ixn_proto::log::LogEntry;
 use ixn_proto::sqlite::{Batch, Database, Readers, StoreError};
-use ixn_proto::store::BoxFuture;
+use ixn_proto::store::{BoxFuture, RequestKey};
 use prost::Message;
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
@@ -95,7 +95,11 @@ impl super::Store for Sqlite {
         })
     }
 
-    fn begin(&mut self) -> Result<Batch<'_>, StoreError> {
+    fn begin(
+        &mut self,
+        _requests: &mut dyn Iterator<Item = RequestKey>,
+    ) -> Result<Batch<'_>, StoreError> {
+        // Look-ups are local: the keys are never built.
         self.db.begin()
     }
 
