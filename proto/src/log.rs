@@ -498,7 +498,7 @@ where
         let delivery = crate::trace::linked_span(
             "stream delivery",
             "producer",
-            entries.iter().map(|e| e.event.traceparent.as_str()),
+            entries.iter().map(|e| e.event.traceparent()),
         );
         let delivered = async {
             for entry in entries {

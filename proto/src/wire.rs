@@ -10,28 +10,42 @@ use bytes::{BufMut, Bytes};
 use prost::Message;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::OnceLock;
 use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 
-/// A committed event and its protobuf encoding, made once. Reads see the [`Event`] (through
-/// `Deref`); the store keeps [`SharedEvent::bytes`] and the streams send [`SharedEvent::encoded`].
-/// Read back from the store, it keeps the bytes as stored, fields this build does not know included.
-#[derive(Clone, Debug, PartialEq)]
+/// A committed event as its protobuf encoding, made once: the store keeps [`SharedEvent::bytes`]
+/// and the streams send [`SharedEvent::encoded`]. Its trace context is kept beside it, for the spans
+/// of the streams that deliver it. Reads of the [`Event`] itself (through `Deref`) decode it the
+/// first time: the writer that made it drops the decoded event as soon as it is encoded, so the
+/// log's ring holds the bytes alone and a thousand small allocations do not wait there to be freed
+/// by another thread. Read back from the store, it keeps the bytes as stored, fields this build
+/// does not know included.
+#[derive(Clone, Debug)]
 pub struct SharedEvent {
-    event: Event,
     encoded: Bytes,
+    traceparent: String,
+    decoded: OnceLock<Event>,
 }
 
 impl SharedEvent {
-    pub fn new(event: Event) -> SharedEvent {
+    pub fn new(mut event: Event) -> SharedEvent {
         let encoded = Bytes::from(event.encode_to_vec());
-        SharedEvent { event, encoded }
+        SharedEvent {
+            encoded,
+            traceparent: std::mem::take(&mut event.traceparent),
+            decoded: OnceLock::new(),
+        }
     }
 
     /// An event read back from the store, which keeps its encoding.
     pub fn decode(encoded: Bytes) -> Result<SharedEvent, prost::DecodeError> {
         let event = Event::decode(encoded.clone())?;
-        Ok(SharedEvent { event, encoded })
+        Ok(SharedEvent {
+            encoded,
+            traceparent: event.traceparent.clone(),
+            decoded: OnceLock::from(event),
+        })
     }
 
     /// The protobuf encoding, shared: cloning it copies no bytes.
@@ -43,13 +57,28 @@ impl SharedEvent {
     pub fn bytes(&self) -> &[u8] {
         &self.encoded
     }
+
+    /// The W3C trace context of the request that caused the event (empty if none).
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
 }
 
 impl Deref for SharedEvent {
     type Target = Event;
 
     fn deref(&self) -> &Event {
-        &self.event
+        self.decoded.get_or_init(|| {
+            Event::decode(self.encoded.clone())
+                .expect("an event decodes from its own encoding or from bytes checked when read")
+        })
+    }
+}
+
+impl PartialEq for SharedEvent {
+    /// Two events are the same when their encodings are.
+    fn eq(&self, other: &SharedEvent) -> bool {
+        self.encoded == other.encoded
     }
 }
 
@@ -101,5 +130,43 @@ impl Encoder for EncodedEventEncoder {
     fn encode(&mut self, item: EncodedEvent, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.put_slice(&item.0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::event::Body;
+
+    fn stopped() -> Event {
+        Event {
+            sequence: 7,
+            event_id: "e-7".into(),
+            tenant: "t1".into(),
+            correlation_id: "r-1".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            body: Some(Body::ProcessingStopped(Default::default())),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn a_new_event_keeps_its_encoding_and_trace_context_and_reads_back_whole() {
+        let event = stopped();
+        let shared = SharedEvent::new(event.clone());
+        assert_eq!(shared.bytes(), event.encode_to_vec().as_slice());
+        assert_eq!(shared.traceparent(), event.traceparent);
+        assert_eq!(*shared, event, "decoded on first read");
+        assert_eq!(shared.clone().encoded().0, shared.encoded().0);
+    }
+
+    #[test]
+    fn an_event_read_from_the_store_is_the_event_that_was_stored() {
+        let event = stopped();
+        let read = SharedEvent::decode(Bytes::from(event.encode_to_vec())).unwrap();
+        assert_eq!(read.traceparent(), event.traceparent);
+        assert_eq!(*read, event);
+        assert_eq!(read, SharedEvent::new(event));
+        assert!(SharedEvent::decode(Bytes::from_static(&[0xff, 0xff])).is_err());
     }
 }
