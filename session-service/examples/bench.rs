@@ -78,6 +78,9 @@
 //! `…_client_cpu_us…` is the same for this load generator's process, and `…_idle_share…` the share
 //! of all the machine's CPU time that went idle during the window (`/proc/stat`): near 0 when the
 //! figure is bound by the CPUs, higher when something waits (a serial thread, the disk).
+//! `…_writer_cpu_us…` is the part of the server's that interaction-server's one writer thread
+//! (`ixn-writer`, from `/proc/<pid>/task/*/stat`) used: every commit goes through it, so it is the
+//! serial part of a call's cost.
 //!
 //! `--quick` runs each timed case for 1 s and uses 1,000 sessions, 10,000 stored and 10,000 live
 //! interactions and 100 subscribers. `--only echo,stop,…` runs some cases (for working on the
@@ -237,6 +240,11 @@ const EXTRA_KEYS: &[(&str, &str)] = &[
     ("lifecycle_client_cpu_us", "µs"),
     ("pg_stop_client_cpu_us_c64", "µs"),
     ("pg_lifecycle_client_cpu_us", "µs"),
+    // The server's writer thread's share of its CPU time per call, the same way.
+    ("stop_writer_cpu_us_c64", "µs"),
+    ("lifecycle_writer_cpu_us", "µs"),
+    ("pg_stop_writer_cpu_us_c64", "µs"),
+    ("pg_lifecycle_writer_cpu_us", "µs"),
     ("baseline_echo_idle_share", ""),
     ("stop_idle_share_c64", ""),
     ("lifecycle_idle_share", ""),
@@ -1047,6 +1055,11 @@ impl Proc {
         process_cpu(&self.child.id().to_string())
     }
 
+    /// The CPU time of interaction-server's writer thread (`None` for a process without one).
+    fn writer_cpu(&self) -> Option<Duration> {
+        thread_cpu(&self.child.id().to_string(), "ixn-writer")
+    }
+
     /// The resident set size, from `/proc/<pid>/status`.
     fn rss(&self) -> Result<u64, String> {
         let path = format!("/proc/{}/status", self.child.id());
@@ -1144,8 +1157,8 @@ impl Run {
         cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64)
     }
 
-    /// Sets `<stem>_server_cpu_us<suffix>` and the load generator's, per successful call, and
-    /// `<stem>_idle_share<suffix>`, for a watched run.
+    /// Sets `<stem>_server_cpu_us<suffix>`, its writer thread's and the load generator's, per
+    /// successful call, and `<stem>_idle_share<suffix>`, for a watched run.
     fn report_usage(&self, report: &mut Report, stem: &str, suffix: &str) {
         let Some(usage) = &self.usage else { return };
         if let Some(cpu) = self.per_call_us(usage.server) {
@@ -1153,6 +1166,9 @@ impl Run {
         }
         if let Some(cpu) = self.per_call_us(usage.client) {
             report.set(&format!("{stem}_client_cpu_us{suffix}"), cpu);
+        }
+        if let Some(cpu) = self.per_call_us(usage.writer) {
+            report.set(&format!("{stem}_writer_cpu_us{suffix}"), cpu);
         }
         if let Some(idle) = usage.idle {
             report.set(
@@ -1229,6 +1245,23 @@ fn process_cpu(pid: &str) -> Option<Duration> {
     Some(ticks_to_duration(ticks))
 }
 
+/// The CPU time (user and system) of the threads of process `pid` named `name`, if it has any.
+fn thread_cpu(pid: &str, name: &str) -> Option<Duration> {
+    let mut total = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let tid = task.file_name();
+            let cpu = process_cpu(&format!("{pid}/task/{}", tid.to_string_lossy()))?;
+            total = Some(total.unwrap_or(Duration::ZERO) + cpu);
+        }
+    }
+    total
+}
+
 /// The time the machine's CPUs have spent idle or waiting for I/O, per CPU, from `/proc/stat`
 /// (which counts every CPU of the machine, whatever this process may use).
 fn machine_idle() -> Option<Duration> {
@@ -1249,6 +1282,8 @@ fn ticks_to_duration(ticks: u64) -> Duration {
 /// CPU times taken at the start of a measured window.
 struct Usage {
     server: Option<Duration>,
+    /// The server's writer thread.
+    writer: Option<Duration>,
     client: Option<Duration>,
     /// Per CPU of the machine.
     idle: Option<Duration>,
@@ -1258,6 +1293,7 @@ impl Usage {
     fn now(server: Option<&Proc>) -> Usage {
         Usage {
             server: server.and_then(Proc::cpu),
+            writer: server.and_then(Proc::writer_cpu),
             client: process_cpu("self"),
             idle: machine_idle(),
         }
@@ -1269,6 +1305,7 @@ impl Usage {
         let spent = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
         Usage {
             server: spent(self.server, later.server),
+            writer: spent(self.writer, later.writer),
             client: spent(self.client, later.client),
             idle: spent(self.idle, later.idle),
         }
