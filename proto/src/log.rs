@@ -46,9 +46,10 @@ pub const RING_CAPACITY: usize = 16_384;
 const EVICTED_TOGETHER: usize = 1_024;
 const _: () = assert!(EVICTED_TOGETHER <= RING_CAPACITY);
 
-/// Frees entries that left the ring on a thread of its own. An entry is a few dozen allocations
-/// that have long left the cache, and whoever publishes (a service's single writer) has better
-/// things to do than free them. Should that thread fall behind, the publisher frees them itself.
+/// Frees entries that left the ring on a thread of its own. An entry is several allocations (its
+/// strings and its encoding; the decoded event, if a reader asked for it) that have long left the
+/// cache, and whoever publishes (a service's single writer) has better things to do than free
+/// them. Should that thread fall behind, the publisher frees them itself.
 fn discard(entries: Vec<Arc<LogEntry>>) {
     static BIN: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Arc<LogEntry>>>>> =
         std::sync::OnceLock::new();
