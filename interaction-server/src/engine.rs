@@ -41,6 +41,8 @@ use uuid::Uuid;
 
 /// The most commands one transaction carries.
 pub const MAX_BATCH: usize = 1_024;
+/// The name of the writer's thread (what `top -H`, `perf` and the benchmark find it by).
+pub const WRITER_THREAD: &str = "ixn-writer";
 /// How long a successful outcome is kept for retries (AIP-155 asks for at least 24 hours).
 const REQUEST_RETENTION_US: Micros = 25 * 3_600 * 1_000_000;
 /// How often old outcomes are pruned.
@@ -191,7 +193,7 @@ impl Engine {
             stale: false,
         };
         let handle = std::thread::Builder::new()
-            .name("ixn-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || writer.run(rx))?;
         tokio::spawn(invite_timer(jobs.downgrade(), deadline_rx, clock.clone()));
         Ok(Arc::new(Engine {

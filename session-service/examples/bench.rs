@@ -1057,7 +1057,10 @@ impl Proc {
 
     /// The CPU time of interaction-server's writer thread (`None` for a process without one).
     fn writer_cpu(&self) -> Option<Duration> {
-        thread_cpu(&self.child.id().to_string(), "ixn-writer")
+        thread_cpu(
+            &self.child.id().to_string(),
+            interaction_server::engine::WRITER_THREAD,
+        )
     }
 
     /// The resident set size, from `/proc/<pid>/status`.
