@@ -23,6 +23,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::store::{Reads, Store, StoreError, Tx};
+use foldhash::HashMap;
 use ixn_proto::auth::Role;
 use ixn_proto::clock::Clock;
 use ixn_proto::error::{Failure, Reason};
@@ -33,7 +34,7 @@ use ixn_proto::log::{Log, LogEntry};
 use ixn_proto::store::{Batch, REPLAY_CHUNK};
 use ixn_proto::wire::SharedEvent;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -768,7 +769,7 @@ impl Core {
                 submitter,
                 event: SharedEvent::new(Event {
                     sequence,
-                    event_id: uuid::Uuid::now_v7().to_string(),
+                    event_id: domain::text(uuid::Uuid::now_v7()),
                     time: Some(domain::timestamp(now)),
                     source: ixn_proto::event::SOURCE_INTERACTION_SERVER.into(),
                     tenant,
@@ -830,7 +831,7 @@ fn answer(
         }),
         (Command::Deliver { .. }, Reply::Invited { ticket_id, expires }) => {
             Answer::Deliver(pb::DeliverResponse {
-                ticket_id: ticket_id.to_string(),
+                ticket_id: domain::text(ticket_id),
                 expire_time: Some(domain::timestamp(*expires)),
                 sequence,
             })
@@ -840,18 +841,18 @@ fn answer(
             sequence,
         }),
         (Command::Reject { .. }, Reply::Ack(id)) => Answer::Reject(pb::RejectResponse {
-            interaction_id: id.to_string(),
+            interaction_id: domain::text(id),
             sequence,
         }),
         (Command::StopProcessing { .. }, Reply::Ack(id)) => {
             Answer::StopProcessing(pb::StopProcessingResponse {
-                interaction_id: id.to_string(),
+                interaction_id: domain::text(id),
                 sequence,
             })
         }
         (Command::PlaceInQueue { .. }, Reply::Ack(id)) => {
             Answer::PlaceInQueue(pb::PlaceInQueueResponse {
-                interaction_id: id.to_string(),
+                interaction_id: domain::text(id),
                 sequence,
             })
         }

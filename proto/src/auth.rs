@@ -128,7 +128,8 @@ pub struct Verifier {
     /// Tokens whose signature and claims checked out, with their claims: a client sends the same
     /// token on every call, and checking it again costs more than the rest of a small call. Only
     /// the time is checked on every call. Bounded (S3-FIFO eviction), and only short tokens go in.
-    verified: std::sync::Arc<quick_cache::sync::Cache<String, Claims>>,
+    /// Shared (`Arc`): each call's identity points at them instead of copying their strings.
+    verified: std::sync::Arc<quick_cache::sync::Cache<String, std::sync::Arc<Claims>>>,
 }
 
 /// How many verified tokens are remembered.
@@ -163,11 +164,11 @@ impl Verifier {
     }
 
     /// Verifies `token` at `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+    pub fn verify(&self, token: &str, now: i64) -> Result<std::sync::Arc<Claims>, TokenError> {
         let claims = match self.verified.get(token) {
             Some(claims) => claims,
             None => {
-                let claims = self.check(token)?;
+                let claims = std::sync::Arc::new(self.check(token)?);
                 if token.len() <= MAX_REMEMBERED_TOKEN {
                     self.verified.insert(token.to_owned(), claims.clone());
                 }
@@ -228,7 +229,10 @@ mod tests {
         let claims = Claims::new(Role::Agent, "u1", "t1", 1_000, 60).with_agent_id("a1");
         let token = mint(&s, &claims);
         let verifier = Verifier::new(&[s]);
-        assert_eq!(verifier.verify(&token, 1_010), Ok(claims));
+        assert_eq!(
+            verifier.verify(&token, 1_010),
+            Ok(std::sync::Arc::new(claims))
+        );
         assert_eq!(verifier.verify(&token, 1_060), Err(TokenError::Expired));
     }
 
@@ -241,7 +245,10 @@ mod tests {
         let token = mint(&s, &claims);
         assert_eq!(verifier.verify(&token, 1_010), Err(TokenError::Expired));
         // The remembered token is still checked against the time of each call.
-        assert_eq!(verifier.verify(&token, 1_030), Ok(claims.clone()));
+        assert_eq!(
+            verifier.verify(&token, 1_030),
+            Ok(std::sync::Arc::new(claims.clone()))
+        );
         assert_eq!(verifier.verify(&token, 1_060), Err(TokenError::Expired));
     }
 
@@ -251,7 +258,10 @@ mod tests {
         let claims = Claims::new(Role::Agent, "u1", "t1", 1_000, 60).with_agent_id("a1");
         let token = mint(&s, &claims);
         let verifier = Verifier::new(std::slice::from_ref(&s));
-        assert_eq!(verifier.verify(&token, 1_010), Ok(claims));
+        assert_eq!(
+            verifier.verify(&token, 1_010),
+            Ok(std::sync::Arc::new(claims))
+        );
         // The same claims under a broken signature, and the token with a byte more.
         let (signed, signature) = token.rsplit_once('.').unwrap();
         let flipped = if signature.starts_with('A') { "B" } else { "A" };
@@ -306,7 +316,7 @@ pub const TENANT_HEADER: &str = "ixn-tenant";
 /// A verified caller, as the interceptor leaves it in the request's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    pub claims: Claims,
+    pub claims: std::sync::Arc<Claims>,
     /// The tenant the call acts in; `None` for a `*` service that named none (it sees all tenants).
     pub tenant: Option<String>,
 }

@@ -630,6 +630,24 @@ impl crate::store::Batch for Batch<'_> {
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is built with the options `.cargo/config.toml` gives it (fdatasync for
+    /// commits, no global allocation statistics). `HAVE_FDATASYNC` is not among the options SQLite
+    /// reports, but it comes in the same variable as `DEFAULT_MEMSTATUS`, which is.
+    #[test]
+    fn the_bundled_sqlite_has_the_workspace_build_options() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "LIBSQLITE3_FLAGS did not reach the build: {options:?}"
+        );
+    }
+
     /// Outcomes recorded by a build that kept them in `requests` (keyed by caller first) are
     /// still answered after the upgrade, from the new table, and that build refuses the file now.
     #[test]

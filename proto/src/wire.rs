@@ -25,8 +25,13 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 pub struct SharedEvent {
     encoded: Bytes,
     traceparent: String,
-    decoded: OnceLock<Event>,
+    /// Boxed: an `Event` is over 800 bytes (its body is the largest of its kinds), which every
+    /// entry of the log's ring would carry, mostly empty, and every commit would copy.
+    decoded: OnceLock<Box<Event>>,
 }
+
+// What the boxing above is for: the ring keeps one of these per event.
+const _: () = assert!(std::mem::size_of::<SharedEvent>() <= 128);
 
 impl SharedEvent {
     pub fn new(mut event: Event) -> SharedEvent {
@@ -44,7 +49,7 @@ impl SharedEvent {
         Ok(SharedEvent {
             encoded,
             traceparent: event.traceparent.clone(),
-            decoded: OnceLock::from(event),
+            decoded: OnceLock::from(Box::new(event)),
         })
     }
 
@@ -69,8 +74,11 @@ impl Deref for SharedEvent {
 
     fn deref(&self) -> &Event {
         self.decoded.get_or_init(|| {
-            Event::decode(self.encoded.clone())
-                .expect("an event decodes from its own encoding or from bytes checked when read")
+            Box::new(
+                Event::decode(self.encoded.clone()).expect(
+                    "an event decodes from its own encoding or from bytes checked when read",
+                ),
+            )
         })
     }
 }

@@ -296,7 +296,7 @@ pub fn decide(
             match chosen {
                 Some(i) => {
                     out.report(Body::TakenFromQueue(ev::TakenFromQueue {
-                        interaction_id: i.id.to_string(),
+                        interaction_id: text(i.id),
                         queue: queue.clone(),
                     }));
                     out.report(party_added(i.id, out.actor.clone()));
@@ -347,14 +347,14 @@ pub fn decide(
             out.direct(
                 agent_party.clone().into(),
                 Body::Invite(ev::Invite {
-                    ticket_id: ticket_id.to_string(),
+                    ticket_id: text(ticket_id),
                     interaction: Some(offered.to_proto()),
                     expire_time: Some(timestamp(expires)),
                 }),
             );
             out.report(Body::AgentInvited(ev::AgentInvited {
-                interaction_id: i.id.to_string(),
-                ticket_id: ticket_id.to_string(),
+                interaction_id: text(i.id),
+                ticket_id: text(ticket_id),
                 agent: Some(agent_party),
                 expire_time: Some(timestamp(expires)),
             }));
@@ -394,8 +394,8 @@ pub fn decide(
                 invite_ended(i.id, invite, ev::InviteOutcome::Rejected),
             );
             out.report(Body::Rejected(ev::Rejected {
-                interaction_id: i.id.to_string(),
-                ticket_id: invite.ticket.to_string(),
+                interaction_id: text(i.id),
+                ticket_id: text(invite.ticket),
                 agent: Some(invite.agent.clone()),
                 reason: reason.clone(),
             }));
@@ -412,7 +412,7 @@ pub fn decide(
             }
             out.release(i, CAUSE_STOPPED, reason.as_ref());
             out.report(Body::ProcessingStopped(ev::ProcessingStopped {
-                interaction_id: i.id.to_string(),
+                interaction_id: text(i.id),
                 reason: reason.clone(),
                 stopped_by: Some(out.actor.clone()),
             }));
@@ -436,7 +436,7 @@ pub fn decide(
             }
             out.release(i, CAUSE_PLACED_IN_QUEUE, None);
             out.report(Body::PlacedInQueue(ev::PlacedInQueue {
-                interaction_id: i.id.to_string(),
+                interaction_id: text(i.id),
                 queue: queue.clone(),
             }));
             Reply::Ack(i.id)
@@ -458,7 +458,7 @@ pub fn decide(
             after.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
             crate::limits::check_properties(&after, "changed")?;
             out.report(Body::PropertiesChanged(ev::PropertiesChanged {
-                interaction_id: i.id.to_string(),
+                interaction_id: text(i.id),
                 changed: changed.clone(),
                 deleted: deleted.clone(),
             }));
@@ -475,8 +475,8 @@ pub fn decide(
                 out.direct(
                     invite.agent.clone().into(),
                     Body::Revoked(ev::Revoked {
-                        interaction_id: i.id.to_string(),
-                        ticket_id: invite.ticket.to_string(),
+                        interaction_id: text(i.id),
+                        ticket_id: text(invite.ticket),
                         cause: CAUSE_INVITE_TIMEOUT.into(),
                     }),
                 );
@@ -663,8 +663,8 @@ impl Out {
         let stopping = cause == CAUSE_STOPPED;
         let revoked = |ticket: Option<Uuid>| {
             Body::Revoked(ev::Revoked {
-                interaction_id: i.id.to_string(),
-                ticket_id: ticket.map(|t| t.to_string()).unwrap_or_default(),
+                interaction_id: text(i.id),
+                ticket_id: ticket.map(text).unwrap_or_default(),
                 cause: cause.to_owned(),
             })
         };
@@ -680,7 +680,7 @@ impl Out {
             } else if !asked {
                 let body = if stopping {
                     Body::Abandoned(ev::Abandoned {
-                        interaction_id: i.id.to_string(),
+                        interaction_id: text(i.id),
                         reason: stop_reason.cloned(),
                     })
                 } else {
@@ -704,24 +704,31 @@ fn may_change(caller: &Caller, i: &Interaction, actor: &Party) -> bool {
     }
 }
 
+/// An id as the contract writes it (lower case, hyphenated), without `to_string`'s formatting
+/// machinery: the writer writes several per command.
+pub fn text(id: impl std::borrow::Borrow<Uuid>) -> String {
+    let mut buf = Uuid::encode_buffer();
+    id.borrow().hyphenated().encode_lower(&mut buf).to_owned()
+}
+
 fn party_added(id: Uuid, party: Party) -> Body {
     Body::PartyAdded(ev::PartyAdded {
-        interaction_id: id.to_string(),
+        interaction_id: text(id),
         party: Some(party),
     })
 }
 
 fn party_removed(id: Uuid, party: Party) -> Body {
     Body::PartyRemoved(ev::PartyRemoved {
-        interaction_id: id.to_string(),
+        interaction_id: text(id),
         party: Some(party),
     })
 }
 
 fn invite_ended(id: Uuid, invite: &Invite, outcome: ev::InviteOutcome) -> Body {
     Body::InviteEnded(ev::InviteEnded {
-        interaction_id: id.to_string(),
-        ticket_id: invite.ticket.to_string(),
+        interaction_id: text(id),
+        ticket_id: text(invite.ticket),
         agent: Some(invite.agent.clone()),
         outcome: outcome as i32,
     })

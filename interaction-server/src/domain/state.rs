@@ -4,11 +4,12 @@
 //! kept in step by [`State::update`], the one place an interaction changes.
 
 use super::{Caller, DomainError, Micros, Platform, micros, timestamp};
+use foldhash::HashMap;
 use ixn_proto::auth::Role;
 use ixn_proto::common::{AgentParty, AgentState, Party, Reason};
 use ixn_proto::events::event::Body;
 use ixn_proto::interaction::{self as pb, InteractionState};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// Where an interaction is in its lifecycle.
@@ -99,7 +100,7 @@ impl Interaction {
 
     pub fn to_proto(&self) -> pb::Interaction {
         pb::Interaction {
-            interaction_id: self.id.to_string(),
+            interaction_id: super::text(self.id),
             tenant: self.tenant.clone(),
             media_type: self.media_type.clone(),
             state: self.phase.to_proto() as i32,
@@ -107,7 +108,7 @@ impl Interaction {
             owner: self.owner.clone(),
             submitted_by: Some(self.submitted_by.clone()),
             invite: self.invite.as_ref().map(|i| pb::PendingInvite {
-                ticket_id: i.ticket.to_string(),
+                ticket_id: super::text(i.ticket),
                 agent: Some(i.agent.clone()),
                 expire_time: Some(timestamp(i.expires)),
             }),

@@ -8,10 +8,10 @@ mod postgres;
 mod sqlite;
 
 use crate::domain::{Agent, AgentKey, Interaction, Phase, State};
+use foldhash::HashMap;
 use ixn_proto::interaction as pb;
 use ixn_proto::log::LogEntry;
 use ixn_proto::store::{Batch, BoxFuture, History, RequestKey};
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
