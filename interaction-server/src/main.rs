@@ -73,7 +73,7 @@ fn serve(args: ServeArgs, file: Option<(std::path::PathBuf, toml::Table)>) -> Ex
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = ixn_proto::hosting::runtime().expect("tokio runtime");
     runtime.block_on(async move {
         let telemetry = match trace::init(
             "interaction-server",

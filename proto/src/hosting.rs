@@ -352,6 +352,26 @@ pub async fn bind(
     Ok((grpc, metrics))
 }
 
+/// The tokio runtime both services run on: one worker per CPU, and the LIFO slot off where the
+/// build has `--cfg tokio_unstable` (`.cargo/config.toml` sets it for the workspace).
+///
+/// With the slot, the task a finishing call wakes (its connection's, to write the answer) runs next
+/// on that worker, ahead of the calls already woken. A group commit answers tens of calls at once
+/// over a few connections, so each connection wrote each answer in a `writev` of its own: 0.87 of
+/// them per StopProcessing. Without the slot the woken calls run first and each connection writes
+/// their answers together: 0.24 per StopProcessing, and a ninth less of the workers' CPU.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    runtime_builder().build()
+}
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder
+}
+
 /// Completes on SIGTERM (Kubernetes) or SIGINT (a developer's Ctrl-C): both drain the same way.
 ///
 /// The handlers are installed when this is called, not when the future is first polled: a signal
@@ -384,4 +404,44 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_woken_task_waits_behind_the_tasks_already_queued() {
+        // One worker, so that nothing is stolen: the order is the scheduler's alone.
+        let runtime = runtime_builder().worker_threads(1).build().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let log = order.clone();
+        runtime.block_on(async move {
+            let (x, y) = tokio::spawn(async move {
+                let (wake, woken) = oneshot::channel::<()>();
+                let log_y = log.clone();
+                let y = tokio::spawn(async move {
+                    let _ = woken.await;
+                    log_y.lock().unwrap().push("woken");
+                });
+                // Y runs and waits for its wake.
+                tokio::task::yield_now().await;
+                let x = tokio::spawn(async move { log.lock().unwrap().push("queued") });
+                wake.send(()).unwrap();
+                (x, y)
+            })
+            .await
+            .unwrap();
+            x.await.unwrap();
+            y.await.unwrap();
+        });
+        // With the LIFO slot, the woken task would have run first.
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["queued", "woken"],
+            "the LIFO slot is on: was this built without `--cfg tokio_unstable`? (a RUSTFLAGS \
+             variable replaces the rustflags of .cargo/config.toml, so it must repeat them)"
+        );
+    }
 }

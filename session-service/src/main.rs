@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = ixn_proto::hosting::runtime().expect("tokio runtime");
     runtime.block_on(async move {
         let telemetry = match trace::init("session-service", cli.log_format, trace::otlp_from_env())
         {
