@@ -25,6 +25,9 @@
 //! - `baseline_echo_rps` — the ceiling: a bare tonic server serving only `grpc.health.v1.Health`
 //!   (`Check` is the echo: a tiny request, a trivial handler, no token, no store), run as a child
 //!   process (this example re-executed with `--echo-server`), concurrency 64 over 4 connections.
+//!   It runs first, and the ratios divide by it. `baseline_echo_rps_after` (extra) is the same echo
+//!   run again last (case `echo_after`): the machine's speed moves during a run (other tenants of
+//!   the host), and the two echoes show how far.
 //! - `stop_rps_c{1,16,64,256}`, `stop_p50_ms_c64`, `stop_p99_ms_c64` — `StopProcessing` on
 //!   interactions that are HANDLING, each stopped once with a fresh `request_id` by its owning agent
 //!   (version C: `Revoked`, `PartyRemoved`, `ProcessingStopped`), durable SQLite
@@ -160,6 +163,10 @@ const CASES: &[(&str, &str)] = &[
         "pg_lifecycle",
         "Submit → Pull → Deliver → Accept → StopProcessing on PostgreSQL",
     ),
+    (
+        "echo_after",
+        "the echo again, last: how far the machine's speed moved during the run",
+    ),
 ];
 
 const TENANT: &str = "t1";
@@ -246,6 +253,12 @@ const EXTRA_KEYS: &[(&str, &str)] = &[
     ("pg_stop_writer_cpu_us_c64", "µs"),
     ("pg_lifecycle_writer_cpu_us", "µs"),
     ("baseline_echo_idle_share", ""),
+    // The echo measured again at the end of the run (`echo_after`): how far the machine's speed
+    // moved between the first echo and the cases after it.
+    ("baseline_echo_rps_after", "req/s"),
+    ("baseline_echo_server_cpu_us_after", "µs"),
+    ("baseline_echo_client_cpu_us_after", "µs"),
+    ("baseline_echo_idle_share_after", ""),
     ("stop_idle_share_c64", ""),
     ("lifecycle_idle_share", ""),
     ("pg_stop_idle_share_c64", ""),
@@ -480,7 +493,8 @@ async fn run(options: Options) -> ExitCode {
         println!("\n== {name}: {what}");
         let t = Instant::now();
         let result = match *name {
-            "echo" => limit(plan.case_limit, echo_case(&ctx, &mut report)).await,
+            "echo" => limit(plan.case_limit, echo_case(&ctx, &mut report, "")).await,
+            "echo_after" => limit(plan.case_limit, echo_case(&ctx, &mut report, "_after")).await,
             "stop" => limit(plan.case_limit, stop_case(&ctx, &mut report)).await,
             "lifecycle" => limit(plan.case_limit, lifecycle_case(&ctx, &mut report)).await,
             "fanout" => limit(plan.case_limit, fanout_case(&ctx, &mut report)).await,
@@ -1636,7 +1650,8 @@ fn needed(plan: &Plan, rate: f64) -> usize {
 // ------------------------------------------------------------------------------------------------
 // Case: echo
 
-async fn echo_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
+/// The echo; `suffix` names its keys (`baseline_echo_rps{suffix}`, …).
+async fn echo_case(ctx: &Ctx, report: &mut Report, suffix: &str) -> Result<(), String> {
     let mut server = ctx.echo_server().await?;
     let channels = connect(server.addr, 4).await?;
     let run = warm_and_measure(
@@ -1656,9 +1671,9 @@ async fn echo_case(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     .await;
     println!("   c64 over 4 connections: {}", run.summary());
     server.alive()?;
-    report.failed_calls("echo", &run);
-    report.set("baseline_echo_rps", run.per_sec());
-    run.report_usage(report, "baseline_echo", "");
+    report.failed_calls(&format!("echo{suffix}"), &run);
+    report.set(&format!("baseline_echo_rps{suffix}"), run.per_sec());
+    run.report_usage(report, "baseline_echo", suffix);
     Ok(())
 }
 
