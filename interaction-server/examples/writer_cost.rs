@@ -15,8 +15,8 @@
 //! engine commits are the measured ones: `--stops` StopProcessing calls by the owning agents, with
 //! request ids, sent `--batch` at a time, each group answered before the next is sent (under
 //! callgrind, whose threads take turns, each group is one batch). The SQLite database is durable
-//! as in production (`synchronous=FULL`); the time its syncs take is not counted, their
-//! instructions are. Without valgrind it runs as fast as it can and prints the wall time, which is
+//! as in production (`synchronous=FULL`); what the kernel does for its writes and syncs is not
+//! counted (valgrind sees only the process's own instructions). Without valgrind it runs as fast as it can and prints the wall time, which is
 //! only a sanity check.
 
 use clap::Parser;
