@@ -16,8 +16,8 @@
 //! request ids, sent `--batch` at a time, each group answered before the next is sent (under
 //! callgrind, whose threads take turns, each group is one batch). The SQLite database is durable
 //! as in production (`synchronous=FULL`); what the kernel does for its writes and syncs is not
-//! counted (valgrind sees only the process's own instructions). Without valgrind it runs as fast as it can and prints the wall time, which is
-//! only a sanity check.
+//! counted (valgrind sees only the process's own instructions). Without valgrind it runs as fast
+//! as it can and prints the wall time, which is only a sanity check.
 
 use clap::Parser;
 use interaction_server::clock::Clock;
@@ -63,8 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let clock = Clock::System;
 
-    let held = seed(dir.path(), &platform, &clock, args.stops, args.per_agent)?;
-    let engine = Engine::start(Sqlite::open(dir.path())?, platform, clock)?;
+    let mut store = Sqlite::open(dir.path())?;
+    let held = seed(&mut store, &platform, &clock, args.stops, args.per_agent)?;
+    let engine = Engine::start(store, platform, clock)?;
 
     let started = Instant::now();
     for group in held.chunks(args.batch) {
@@ -91,21 +92,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         elapsed.as_secs_f64() * 1e3,
         elapsed.as_secs_f64() * 1e6 / held.len().max(1) as f64,
     );
-    let engine = std::sync::Arc::clone(&engine);
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
 }
 
-/// Logs agents in and gives each `per_agent` interactions in HANDLING, in one transaction of the
-/// store; returns (agent, interaction) for `count` interactions, in the order they were created.
+/// Logs agents in and gives each `per_agent` interactions in HANDLING, in one transaction of
+/// `store`, which the engine then loads; returns (agent, interaction) for `count` interactions, in the order they were created.
 fn seed(
-    dir: &std::path::Path,
+    store: &mut Sqlite,
     platform: &Platform,
     clock: &Clock,
     count: usize,
     per_agent: usize,
 ) -> Result<Vec<(String, Uuid)>, Box<dyn std::error::Error>> {
-    let mut store = Sqlite::open(dir)?;
     let now = clock.now();
     let mut tx = store.begin(&mut std::iter::empty())?;
     let mut held = Vec::with_capacity(count);
