@@ -97,7 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Logs agents in and gives each `per_agent` interactions in HANDLING, in one transaction of
-/// `store`, which the engine then loads; returns (agent, interaction) for `count` interactions, in the order they were created.
+/// `store`, which the engine then loads; returns (agent, interaction) for `count` interactions, in
+/// the order they were created.
 fn seed(
     store: &mut Sqlite,
     platform: &Platform,
